@@ -1,0 +1,253 @@
+//! The semantic fast track: is this message simple small talk that can skip the expensive path?
+//!
+//! Pure logic over one embedding: the nearest example phrase decides the intent; a `fast` intent
+//! must also clear its own threshold, the message must be short, and it must not mention
+//! anything the bot should remember (configurable guard phrases). Everything else is `full`.
+//! The [`ClassifierActor`] owns the intent set so it is loaded once and shared by all shards.
+
+use std::time::Duration;
+
+use actix::prelude::*;
+use async_trait::async_trait;
+use serde::{Deserialize, Serialize};
+
+use crate::context::{ContextPiece, ContextProvider, ContextRequest, PieceKind, ProviderError};
+
+use crate::ports::Embedding;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Route {
+    Fast,
+    Full,
+}
+
+pub struct Intent {
+    pub name: String,
+    pub route: Route,
+    pub threshold: f32,
+    /// Unit-length example vectors.
+    pub examples: Vec<Embedding>,
+}
+
+pub struct IntentSet {
+    pub intents: Vec<Intent>,
+    /// Lower-case phrases that force the full path.
+    pub guards: Vec<String>,
+    pub max_fast_words: usize,
+}
+
+/// The classifier's decision, with its reason for the per-message log line.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct Verdict {
+    pub route: Route,
+    pub intent: Option<String>,
+    pub score: f32,
+    pub reason: &'static str,
+}
+
+impl Verdict {
+    pub fn full(reason: &'static str) -> Self {
+        Verdict {
+            route: Route::Full,
+            intent: None,
+            score: 0.0,
+            reason,
+        }
+    }
+}
+
+/// Scales a vector to unit length, so a dot product is the cosine similarity.
+pub fn normalize(v: &[f32]) -> Embedding {
+    let norm = v.iter().map(|x| x * x).sum::<f32>().sqrt();
+    if norm == 0.0 {
+        v.into()
+    } else {
+        v.iter().map(|x| x / norm).collect()
+    }
+}
+
+pub fn dot(a: &[f32], b: &[f32]) -> f32 {
+    a.iter().zip(b).map(|(x, y)| x * y).sum()
+}
+
+fn contains_phrase(text: &str, phrase: &str) -> bool {
+    // Whole words: "ago" must not match "Chicago".
+    text.match_indices(phrase).any(|(at, _)| {
+        let before = text[..at].chars().next_back();
+        let after = text[at + phrase.len()..].chars().next();
+        !before.is_some_and(char::is_alphanumeric) && !after.is_some_and(char::is_alphanumeric)
+    })
+}
+
+impl IntentSet {
+    pub fn classify(&self, text: &str, vector: &[f32]) -> Verdict {
+        let lower = text.to_lowercase();
+        if lower.split_whitespace().count() > self.max_fast_words {
+            return Verdict::full("long message");
+        }
+        if self.guards.iter().any(|g| contains_phrase(&lower, g)) {
+            return Verdict::full("refers to something to remember");
+        }
+        let query = normalize(vector);
+        let best = self
+            .intents
+            .iter()
+            .filter_map(|intent| {
+                let score = intent
+                    .examples
+                    .iter()
+                    .map(|e| dot(&query, e))
+                    .fold(f32::MIN, f32::max);
+                (score > f32::MIN).then_some((intent, score))
+            })
+            .max_by(|a, b| a.1.total_cmp(&b.1));
+        match best {
+            Some((intent, score)) if intent.route == Route::Fast && score >= intent.threshold => {
+                Verdict {
+                    route: Route::Fast,
+                    intent: Some(intent.name.clone()),
+                    score,
+                    reason: "matched a fast intent",
+                }
+            }
+            Some((intent, score)) => Verdict {
+                route: Route::Full,
+                intent: Some(intent.name.clone()),
+                score,
+                reason: if intent.route == Route::Full {
+                    "matched a full intent"
+                } else {
+                    "below threshold"
+                },
+            },
+            None => Verdict::full("no intents"),
+        }
+    }
+}
+
+/// The classifier as a context provider: it awaits the shared embedding and asks the actor.
+pub struct ClassifierProvider {
+    pub classifier: Addr<ClassifierActor>,
+    pub deadline: Duration,
+}
+
+#[async_trait]
+impl ContextProvider for ClassifierProvider {
+    fn name(&self) -> &'static str {
+        "classifier"
+    }
+    fn kind(&self) -> PieceKind {
+        PieceKind::Route
+    }
+    fn deadline(&self) -> Duration {
+        self.deadline
+    }
+    async fn fetch(&self, request: &ContextRequest) -> Result<ContextPiece, ProviderError> {
+        let Some(vector) = request.embedding.clone().await else {
+            return Ok(ContextPiece::Route(Verdict::full("no embedding")));
+        };
+        let verdict = self
+            .classifier
+            .send(Classify {
+                text: request.text.clone(),
+                vector,
+            })
+            .await
+            .map_err(|_| ProviderError::Other("classifier actor stopped".into()))?;
+        Ok(ContextPiece::Route(verdict))
+    }
+}
+
+/// Owns the intent set; classification takes microseconds, so one actor serves every shard.
+pub struct ClassifierActor {
+    intents: IntentSet,
+}
+
+impl ClassifierActor {
+    pub fn new(intents: IntentSet) -> Self {
+        Self { intents }
+    }
+}
+
+impl Actor for ClassifierActor {
+    type Context = Context<Self>;
+}
+
+impl Supervised for ClassifierActor {}
+
+#[derive(Message)]
+#[rtype(result = "Verdict")]
+pub struct Classify {
+    pub text: String,
+    pub vector: Embedding,
+}
+
+impl Handler<Classify> for ClassifierActor {
+    type Result = MessageResult<Classify>;
+
+    fn handle(&mut self, msg: Classify, _: &mut Self::Context) -> Self::Result {
+        MessageResult(self.intents.classify(&msg.text, &msg.vector))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn set() -> IntentSet {
+        IntentSet {
+            intents: vec![
+                Intent {
+                    name: "greeting".into(),
+                    route: Route::Fast,
+                    threshold: 0.8,
+                    examples: vec![normalize(&[1.0, 0.0])],
+                },
+                Intent {
+                    name: "context".into(),
+                    route: Route::Full,
+                    threshold: 0.0,
+                    examples: vec![normalize(&[0.0, 1.0])],
+                },
+            ],
+            guards: vec!["remember".into(), "ago".into()],
+            max_fast_words: 4,
+        }
+    }
+
+    #[test]
+    fn nearest_intent_and_threshold_decide() {
+        let s = set();
+        assert_eq!(s.classify("hi", &[1.0, 0.1]).route, Route::Fast);
+        assert_eq!(
+            s.classify("hi", &[1.0, 0.9]).route,
+            Route::Full,
+            "below threshold"
+        );
+        assert_eq!(
+            s.classify("ok", &[0.1, 1.0]).route,
+            Route::Full,
+            "nearest is a full intent"
+        );
+    }
+
+    #[test]
+    fn guards_and_length_force_the_full_path() {
+        let s = set();
+        assert_eq!(
+            s.classify("hi, remember me?", &[1.0, 0.0]).reason,
+            "refers to something to remember"
+        );
+        assert_eq!(
+            s.classify("hi from Chicago", &[1.0, 0.0]).route,
+            Route::Fast,
+            "whole words only"
+        );
+        assert_eq!(
+            s.classify("hi there my good old friend", &[1.0, 0.0])
+                .reason,
+            "long message"
+        );
+    }
+}

@@ -1,0 +1,369 @@
+//! One turn, start to finish: context in parallel, prompt, model stream, transport updates,
+//! persistence. Runs as a single future owned by the conversation actor, so dropping it (actor
+//! stopped) drops the model stream and cancels the request.
+
+use std::cell::Cell;
+use std::rc::Rc;
+use std::sync::Arc;
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
+
+use futures::FutureExt;
+use tracing::{Instrument, debug, error, info, info_span, warn};
+
+use super::ConversationDeps;
+use crate::character::Character;
+use crate::context::{ContextPiece, ContextRequest, PieceKind, gather, no_embedding};
+use crate::key::Scope;
+use crate::llm::Generate;
+use crate::messages::{FailureKind, ReplyStatus, ReplyUpdate, Timings, UserMessage};
+use crate::ports::{LlmError, Profile, Turn};
+use crate::prompt::{self, PromptInput};
+use crate::streaming::relay;
+
+pub struct TurnInput {
+    pub message: UserMessage,
+    pub character: Arc<Character>,
+    pub cached_history: Option<Vec<Turn>>,
+    pub cached_profile: Option<Option<Profile>>,
+    /// Set once the final update is out, so a later crash does not overwrite a finished reply.
+    pub final_sent: Rc<Cell<bool>>,
+}
+
+/// What the actor learns from a turn, to update its warm state.
+pub struct TurnReport {
+    pub scope: Scope,
+    pub display_name: String,
+    pub loaded_history: Option<Vec<Turn>>,
+    pub loaded_profile: Option<Option<Profile>>,
+    pub completed: Option<Turn>,
+}
+
+pub fn unix_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
+
+/// What the user reads when the model could not answer.
+fn apology(error: &LlmError) -> (FailureKind, &'static str) {
+    match error {
+        LlmError::Timeout(_) => (
+            FailureKind::LlmTimeout,
+            "Sorry, the model took too long to answer. Please try again in a moment.",
+        ),
+        LlmError::Overloaded(_) => (
+            FailureKind::LlmOverloaded,
+            "I'm answering a lot of people right now. Please try again in a little while.",
+        ),
+        _ => (
+            FailureKind::LlmFailed,
+            "Sorry, I couldn't reach my language model just now. Please try again shortly.",
+        ),
+    }
+}
+
+pub async fn run_turn(deps: Arc<ConversationDeps>, input: TurnInput) -> TurnReport {
+    let span = info_span!("turn", key = %input.message.key, message_id = input.message.message_id);
+    run(deps, input).instrument(span).await
+}
+
+async fn run(deps: Arc<ConversationDeps>, input: TurnInput) -> TurnReport {
+    let TurnInput {
+        message: msg,
+        character,
+        cached_history,
+        cached_profile,
+        final_sent,
+    } = input;
+    let started = Instant::now();
+    let settings = &deps.settings;
+    let stats = &deps.stats.pipeline;
+    let mut timings = Timings {
+        queued: started - msg.received_at,
+        ..Default::default()
+    };
+    let mut report = TurnReport {
+        scope: msg.scope.clone(),
+        display_name: msg.display_name.clone(),
+        loaded_history: None,
+        loaded_profile: None,
+        completed: None,
+    };
+
+    // 1. Context, every provider at once, each within its own deadline.
+    let providers: Vec<_> = deps
+        .providers
+        .iter()
+        .filter(|p| match p.kind() {
+            PieceKind::History => cached_history.is_none(),
+            PieceKind::Profile => cached_profile.is_none(),
+            PieceKind::Section | PieceKind::Route => true,
+        })
+        .cloned()
+        .collect();
+    // The message is embedded once; the classifier and the memory search share the vector.
+    let embedding = match &deps.embedder {
+        Some(embedder) => {
+            let (embedder, text) = (embedder.clone(), msg.text.clone());
+            async move {
+                match embedder.embed(vec![text]).await {
+                    Ok(mut vectors) => vectors.pop(),
+                    Err(error) => {
+                        warn!(%error, "embedding failed; classifier and memory search are skipped");
+                        None
+                    }
+                }
+            }
+            .instrument(info_span!("embed"))
+            .boxed()
+            .shared()
+        }
+        None => no_embedding(),
+    };
+    let request = ContextRequest {
+        key: msg.key.clone(),
+        scope: msg.scope.clone(),
+        text: msg.text.clone(),
+        embedding: embedding.clone(),
+    };
+    let gathered = gather(&providers, &request)
+        .instrument(info_span!("context"))
+        .await;
+    timings.context = gathered.elapsed;
+    timings.degraded = gathered.degraded();
+    if !timings.degraded.is_empty() {
+        stats.degraded_context.inc();
+    }
+    let fast = gathered.is_fast();
+    if let Some(verdict) = &gathered.verdict {
+        timings.route = Some(verdict.route);
+        timings.intent.clone_from(&verdict.intent);
+    }
+    let mut sections = Vec::new();
+    for piece in gathered.pieces {
+        match piece {
+            ContextPiece::History(turns) => report.loaded_history = Some(turns),
+            ContextPiece::Profile(profile) => report.loaded_profile = Some(profile),
+            // The fast track answers from persona and recent history only.
+            ContextPiece::Section(section) if !fast => sections.push(section),
+            ContextPiece::Section(_) | ContextPiece::Route(_) => {}
+        }
+    }
+    let params = match (&character.fast_model, fast) {
+        (Some(fast_model), true) => fast_model,
+        _ => &character.model,
+    };
+
+    // 2. Prompt.
+    let built = {
+        let _prompt = info_span!("prompt").entered();
+        let history = cached_history
+            .as_deref()
+            .or(report.loaded_history.as_deref())
+            .unwrap_or(&[]);
+        let profile = cached_profile
+            .as_ref()
+            .or(report.loaded_profile.as_ref())
+            .and_then(Option::as_ref);
+        prompt::build(PromptInput {
+            character: &character,
+            params,
+            profile,
+            sections: &sections,
+            history,
+            message: &msg.text,
+            token_budget: settings.token_budget,
+            now_ms: unix_ms(),
+        })
+    };
+    timings.prompt_ready = msg.received_at.elapsed();
+    debug!(
+        history_turns = built.history_turns_used,
+        tokens = built.estimated_tokens,
+        "prompt ready"
+    );
+
+    // 3. Model stream, relayed to the transport at the configured cadence.
+    let send_final = |text: String, status: ReplyStatus| {
+        msg.reply_to.do_send(ReplyUpdate {
+            message_id: msg.message_id,
+            key: msg.key.clone(),
+            text,
+            status,
+        });
+        final_sent.set(true);
+    };
+    let events = match deps.llm.send(Generate::interactive(built.request)).await {
+        Ok(Ok(events)) => events,
+        Ok(Err(error)) => return failed(&deps, report, &error, String::new(), send_final),
+        Err(_) => {
+            return failed(
+                &deps,
+                report,
+                &LlmError::Unavailable,
+                String::new(),
+                send_final,
+            );
+        }
+    };
+    let relayed = relay(events, settings.edit_interval, |text| {
+        msg.reply_to.do_send(ReplyUpdate {
+            message_id: msg.message_id,
+            key: msg.key.clone(),
+            text: text.to_owned(),
+            status: ReplyStatus::Streaming,
+        });
+    })
+    .instrument(info_span!("stream"))
+    .await;
+    timings.first_token = relayed.first_token_at.map(|at| at - msg.received_at);
+    if let Some(error) = relayed.error {
+        return failed(&deps, report, &error, relayed.text, send_final);
+    }
+    if relayed.text.trim().is_empty() {
+        let error = LlmError::Rejected {
+            status: None,
+            message: "empty reply".into(),
+        };
+        return failed(&deps, report, &error, String::new(), send_final);
+    }
+
+    timings.updates = relayed.updates + 1;
+    timings.total = msg.received_at.elapsed();
+    info!(
+        queued_ms = timings.queued.as_secs_f64() * 1e3,
+        context_ms = timings.context.as_secs_f64() * 1e3,
+        prompt_ready_ms = timings.prompt_ready.as_secs_f64() * 1e3,
+        first_token_ms = timings.first_token.map(|d| d.as_secs_f64() * 1e3),
+        total_ms = timings.total.as_secs_f64() * 1e3,
+        updates = timings.updates,
+        route = ?timings.route,
+        intent = ?timings.intent,
+        degraded = ?timings.degraded,
+        "reply complete"
+    );
+    stats.replies.inc();
+    send_final(relayed.text.clone(), ReplyStatus::Done(timings));
+
+    // 4. Persist after the user has the reply: it adds nothing to their wait. The shard is only
+    //    told the turn finished after this, so a graceful shutdown waits for it.
+    let replied_at_ms = unix_ms();
+    let turn = Turn {
+        key: msg.key.clone(),
+        scope: msg.scope.clone(),
+        user_message: msg.text.clone(),
+        reply: relayed.text,
+        created_at_ms: replied_at_ms - msg.received_at.elapsed().as_millis() as i64,
+        replied_at_ms,
+    };
+    if let Err(error) = deps
+        .history
+        .record_turn(&turn, &msg.display_name)
+        .instrument(info_span!("persist"))
+        .await
+    {
+        stats.store_write_failures.inc();
+        error!(%error, "could not store the turn; it will be missing from history");
+    }
+    if let Some(jobs) = &deps.jobs {
+        // The user's message count including this turn (profile known from cache or store).
+        let previous = cached_profile
+            .as_ref()
+            .or(report.loaded_profile.as_ref())
+            .and_then(Option::as_ref)
+            .map_or(0, |p| p.message_count);
+        enqueue_background(jobs, &deps, &turn, embedding.await, fast, previous + 1).await;
+    } else if let (Some(store), Some(embedder)) = (&deps.memory, &deps.embedder) {
+        let vector = embedding.await;
+        let remembered = crate::memory::remember_turn(
+            store.as_ref(),
+            embedder.as_ref(),
+            &turn,
+            vector,
+            settings.memory_chunk_words,
+        )
+        .instrument(info_span!("remember"))
+        .await;
+        if let Err(error) = remembered {
+            stats.store_write_failures.inc();
+            error!(%error, "could not store the turn's memories");
+        }
+    }
+    report.completed = Some(turn);
+    report
+}
+
+fn failed(
+    deps: &ConversationDeps,
+    report: TurnReport,
+    error: &LlmError,
+    partial: String,
+    send_final: impl FnOnce(String, ReplyStatus),
+) -> TurnReport {
+    let (kind, text) = apology(error);
+    let text = if partial.trim().is_empty() {
+        text.to_owned()
+    } else {
+        format!("{partial}\n\n[{text}]")
+    };
+    deps.stats.pipeline.failed_replies.inc();
+    send_final(text, ReplyStatus::Failed(kind));
+    report
+}
+
+/// Durable follow-ups of a turn: remember it, and (full path only) extract facts. Job ids are
+/// derived from the turn, so enqueueing twice stores one job.
+async fn enqueue_background(
+    jobs: &crate::jobs::JobSystem,
+    deps: &ConversationDeps,
+    turn: &Turn,
+    vector: Option<crate::ports::Embedding>,
+    fast: bool,
+    turn_number: u64,
+) {
+    let id = format!(
+        "{}:{}:{}",
+        turn.key.character, turn.key.user, turn.created_at_ms
+    );
+    let mut pending = Vec::new();
+    if deps.memory.is_some() && deps.embedder.is_some() {
+        let payload = crate::memory::RememberTurn {
+            turn: turn.clone(),
+            message_vector: vector,
+        };
+        pending.push(("remember_turn", serde_json::to_string(&payload)));
+    }
+    if let Some(every) = deps.summarise_every.filter(|n| *n > 0)
+        && deps.memory.is_some()
+        && turn_number.is_multiple_of(every)
+    {
+        let payload = crate::memory::Summarise {
+            key: turn.key.clone(),
+            scope: turn.scope.clone(),
+            turns: every as usize,
+            at_ms: turn.replied_at_ms,
+        };
+        pending.push(("summarise", serde_json::to_string(&payload)));
+    }
+    if deps.extract_facts && !fast {
+        let payload = crate::facts::ExtractFacts {
+            user: turn.key.user.to_string(),
+            message: turn.user_message.clone(),
+            at_ms: turn.created_at_ms,
+        };
+        pending.push(("extract_facts", serde_json::to_string(&payload)));
+    }
+    for (kind, payload) in pending {
+        let job = crate::jobs::NewJob {
+            id: format!("{kind}:{id}"),
+            kind: kind.to_owned(),
+            user: turn.key.user.to_string(),
+            payload: payload.expect("job payloads serialise"),
+        };
+        if let Err(error) = jobs.submit(job).await {
+            deps.stats.pipeline.store_write_failures.inc();
+            error!(%error, kind, "could not enqueue a background job; it is lost for this turn");
+        }
+    }
+}

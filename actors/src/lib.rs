@@ -1,0 +1,35 @@
+//! The actor core of whisperengine.
+//!
+//! This crate holds everything that decides *how* a message becomes a reply: the message types,
+//! the consistent-hash [`router`], the [`shard`]s that own per-user [`conversation`] actors, the
+//! [`llm`] actor with its admission queue, [`supervision`] policy, and the [`ports`] (traits) that
+//! stores and model backends implement. It deliberately depends on no database, HTTP or Discord
+//! crate, so the whole pipeline can be exercised with any backend, and so the application crate
+//! is the only place that knows which servers exist.
+
+pub mod character;
+pub mod classify;
+pub mod context;
+pub mod conversation;
+pub mod facts;
+pub mod jobs;
+pub mod key;
+pub mod llm;
+pub mod memory;
+pub mod messages;
+pub mod ports;
+pub mod prompt;
+pub mod ring;
+pub mod router;
+pub mod runtime;
+pub mod shard;
+pub mod sink;
+pub mod stats;
+pub mod streaming;
+pub mod supervision;
+
+pub use character::{Character, CharacterSet, ModelParams};
+pub use key::{ConversationKey, Scope};
+pub use messages::{ReplyStatus, ReplyUpdate, Timings, UserMessage};
+pub use router::{RouteError, ShardRouter};
+pub use runtime::{Runtime, RuntimeParts, RuntimeSettings};

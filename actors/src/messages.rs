@@ -1,0 +1,91 @@
+//! The plain message types that travel between transports and the runtime.
+
+use std::time::{Duration, Instant};
+
+use actix::prelude::*;
+use serde::Serialize;
+
+use crate::key::{ConversationKey, Scope};
+
+/// A user's message, as a transport hands it to the router.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct UserMessage {
+    pub key: ConversationKey,
+    pub scope: Scope,
+    /// The user's current display name (kept in their profile).
+    pub display_name: String,
+    pub text: String,
+    /// Transport correlation id, echoed in every [`ReplyUpdate`].
+    pub message_id: u64,
+    /// When the transport received it: the start of the latency budget.
+    pub received_at: Instant,
+    /// Where the reply's updates go.
+    pub reply_to: Recipient<ReplyUpdate>,
+}
+
+/// The growing reply. A transport receives these at most once per `streaming.edit_interval`
+/// while tokens arrive, and always exactly one final update (`status != Streaming`).
+#[derive(Message, Clone, Debug)]
+#[rtype(result = "()")]
+pub struct ReplyUpdate {
+    pub message_id: u64,
+    pub key: ConversationKey,
+    /// The whole text so far (not a delta): an edit replaces the message.
+    pub text: String,
+    pub status: ReplyStatus,
+}
+
+impl ReplyUpdate {
+    pub fn is_final(&self) -> bool {
+        !matches!(self.status, ReplyStatus::Streaming)
+    }
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub enum ReplyStatus {
+    Streaming,
+    /// The reply is complete.
+    Done(Timings),
+    /// The reply could not be produced; `text` is the apology the user sees.
+    Failed(FailureKind),
+}
+
+/// Why a reply failed, for transports that want to react (e.g. a reaction emoji) and for tests.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+pub enum FailureKind {
+    /// The model did not answer within its deadline.
+    LlmTimeout,
+    /// The model queue is full.
+    LlmOverloaded,
+    /// The model endpoint failed (after retries).
+    LlmFailed,
+    /// The conversation actor crashed while answering and was restarted.
+    Crashed,
+    /// The conversation was given up on after repeated crashes.
+    Escalated,
+    /// The runtime is shutting down.
+    ShuttingDown,
+}
+
+/// Per-step latency of one reply: the roadmap's "latency tracing per step".
+#[derive(Clone, Debug, Default, PartialEq, Serialize)]
+pub struct Timings {
+    /// Waiting for the shard and the conversation's queue.
+    pub queued: Duration,
+    /// Parallel context retrieval (the slowest provider within its deadline).
+    pub context: Duration,
+    /// From the message's arrival until the prompt was ready.
+    pub prompt_ready: Duration,
+    /// From the message's arrival until the first token.
+    pub first_token: Option<Duration>,
+    /// From the message's arrival until the final update.
+    pub total: Duration,
+    /// Updates sent to the transport, including the final one.
+    pub updates: u32,
+    /// Providers that failed or missed their deadline for this reply.
+    pub degraded: Vec<String>,
+    /// The fast-track verdict, when a classifier is configured.
+    pub route: Option<crate::classify::Route>,
+    pub intent: Option<String>,
+}

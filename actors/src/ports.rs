@@ -1,0 +1,157 @@
+//! The traits that adapters implement: the history store and the chat model. The core never
+//! sees a connection, a URL or a SQL statement.
+
+use std::time::Duration;
+
+use async_trait::async_trait;
+use futures::stream::BoxStream;
+use serde::{Deserialize, Serialize};
+
+use crate::key::{ConversationKey, Scope};
+
+/// One exchange: what the user said and what the character answered.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Turn {
+    pub key: ConversationKey,
+    pub scope: Scope,
+    pub user_message: String,
+    pub reply: String,
+    /// Unix milliseconds when the user's message arrived.
+    pub created_at_ms: i64,
+    /// Unix milliseconds when the reply completed.
+    pub replied_at_ms: i64,
+}
+
+/// What the bot knows about a user regardless of character.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Profile {
+    pub user: String,
+    pub display_name: String,
+    pub first_seen_ms: i64,
+    pub last_seen_ms: i64,
+    pub message_count: u64,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("{store} is unavailable: {reason}")]
+    Unavailable { store: &'static str, reason: String },
+    #[error("{store} failed to {operation}: {reason}")]
+    Failed {
+        store: &'static str,
+        operation: &'static str,
+        reason: String,
+    },
+}
+
+/// Conversation history and user profiles.
+#[async_trait]
+pub trait HistoryStore: Send + Sync + 'static {
+    /// The newest `limit` turns of this conversation in this scope, oldest first.
+    async fn recent_turns(
+        &self,
+        key: &ConversationKey,
+        scope: &Scope,
+        limit: usize,
+    ) -> Result<Vec<Turn>, StoreError>;
+
+    /// The user's profile, if they have ever written.
+    async fn profile(&self, user: &str) -> Result<Option<Profile>, StoreError>;
+
+    /// Appends a completed turn and updates the user's profile in one transaction.
+    async fn record_turn(&self, turn: &Turn, display_name: &str) -> Result<(), StoreError>;
+
+    /// Deletes every turn and the profile of `user`; returns (turns, profiles) deleted.
+    async fn forget_user(&self, user: &str) -> Result<(u64, u64), StoreError>;
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Role {
+    System,
+    User,
+    Assistant,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ChatMessage {
+    pub role: Role,
+    pub content: String,
+}
+
+impl ChatMessage {
+    pub fn new(role: Role, content: impl Into<String>) -> Self {
+        Self {
+            role,
+            content: content.into(),
+        }
+    }
+}
+
+/// A model request, independent of any client library.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct ChatRequest {
+    pub model: Option<String>,
+    pub messages: Vec<ChatMessage>,
+    pub temperature: f32,
+    pub top_p: Option<f32>,
+    pub frequency_penalty: Option<f32>,
+    pub presence_penalty: Option<f32>,
+    pub max_tokens: u32,
+}
+
+#[derive(Clone, Debug, PartialEq, thiserror::Error)]
+pub enum LlmError {
+    /// Rate limited (429), a 5xx, or the connection failed: worth retrying.
+    #[error("model endpoint temporarily failed{}: {message}", status.map(|s| format!(" (HTTP {s})")).unwrap_or_default())]
+    Transient {
+        status: Option<u16>,
+        message: String,
+    },
+    /// The request itself was refused (bad model name, bad key...): retrying will not help.
+    #[error("model endpoint rejected the request{}: {message}", status.map(|s| format!(" (HTTP {s})")).unwrap_or_default())]
+    Rejected {
+        status: Option<u16>,
+        message: String,
+    },
+    #[error("model did not answer within {0:?}")]
+    Timeout(Duration),
+    #[error("model queue is full ({0} requests waiting)")]
+    Overloaded(usize),
+    #[error("model actor is unavailable")]
+    Unavailable,
+}
+
+impl LlmError {
+    /// Only transient endpoint failures are retried. A timeout is not: the user has already
+    /// waited the whole deadline, and a hung server rarely recovers within another one.
+    pub fn is_retryable(&self) -> bool {
+        matches!(self, LlmError::Transient { .. })
+    }
+}
+
+/// Text deltas as the model produces them.
+pub type TokenStream = BoxStream<'static, Result<String, LlmError>>;
+
+/// A streaming chat model (any OpenAI-compatible endpoint, in the application crate).
+#[async_trait]
+pub trait ChatModel: Send + Sync + 'static {
+    /// Opens a streaming completion. Dropping the stream must cancel the request.
+    async fn stream(&self, request: ChatRequest) -> Result<TokenStream, LlmError>;
+}
+
+/// A sentence embedding, shared cheaply between the classifier and the memory search.
+pub type Embedding = std::sync::Arc<[f32]>;
+
+#[derive(Clone, Debug, PartialEq, thiserror::Error)]
+#[error("embedding failed: {0}")]
+pub struct EmbedError(pub String);
+
+/// Turns text into vectors (a local ONNX model in the application crate).
+#[async_trait]
+pub trait Embedder: Send + Sync + 'static {
+    async fn embed(&self, texts: Vec<String>) -> Result<Vec<Embedding>, EmbedError>;
+    fn dimensions(&self) -> usize;
+    /// Identifies the model, for caches keyed by model.
+    fn model_id(&self) -> &str;
+}

@@ -1,0 +1,288 @@
+//! Assembling and stopping the actor topology.
+//!
+//! ```text
+//! transport ──route──▶ ShardRouter ──Route──▶ Shard[i] (arbiter i) ──▶ ConversationActor(char, user)
+//!                                                                       │ context providers (parallel)
+//!                                                                       │ Generate ──▶ LlmActor (own arbiter)
+//!                                                                       └ ReplyUpdate ──▶ transport
+//! ```
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use actix::prelude::*;
+use futures::future::join_all;
+use tokio::sync::oneshot;
+use tracing::{info, warn};
+
+use crate::character::CharacterSet;
+use crate::classify::{ClassifierActor, ClassifierProvider, IntentSet};
+use crate::context::{ContextProvider, HistoryProvider, ProfileProvider};
+use crate::conversation::{ConversationDeps, ConversationSettings};
+use crate::facts::{FactExtraction, FactProvider, FactStore};
+use crate::jobs::{JobHandler, JobQueue, JobSettings, JobSystem, JobWorker};
+use crate::llm::{LlmActor, LlmPolicy};
+use crate::memory::{
+    MemoryProvider, MemorySettings, MemoryStore, RememberTurnHandler, SummariseHandler,
+};
+use crate::ports::{ChatModel, Embedder, HistoryStore};
+use crate::ring::HashRing;
+use crate::router::ShardRouter;
+use crate::shard::{Drain, Shard, ShardSettings};
+use crate::stats::{PoolStats, RuntimeStats, StatusSnapshot};
+use crate::supervision::RestartPolicy;
+
+#[derive(Clone, Debug)]
+pub struct RuntimeSettings {
+    pub shards: u32,
+    pub virtual_nodes: u32,
+    pub idle_timeout: Duration,
+    pub max_conversations_per_shard: usize,
+    pub edit_interval: Duration,
+    pub token_budget: usize,
+    pub history_turns: usize,
+    pub history_deadline: Duration,
+    pub profile_deadline: Duration,
+    pub classifier_deadline: Duration,
+    pub memory: MemorySettings,
+    pub jobs: JobSettings,
+    /// On shutdown, how long queued background jobs may take to finish (they are durable:
+    /// whatever is left runs at the next start).
+    pub jobs_shutdown_grace: Duration,
+    pub facts: FactSettings,
+    pub restart: RestartPolicy,
+    pub llm: LlmPolicy,
+}
+
+/// The pluggable parts: stores, model and any extra context providers.
+pub struct RuntimeParts {
+    pub characters: CharacterSet,
+    pub history: Arc<dyn HistoryStore>,
+    pub model: Arc<dyn ChatModel>,
+    /// Providers beyond history, profile and the classifier (memories, facts...).
+    pub extra_providers: Vec<Arc<dyn ContextProvider>>,
+    /// Embeds incoming messages; without it there is no classifier or memory search.
+    pub embedder: Option<Arc<dyn Embedder>>,
+    /// Fast-track intents (needs `embedder`).
+    pub intents: Option<IntentSet>,
+    /// Long-term vector memory (needs `embedder`).
+    pub memory: Option<Arc<dyn MemoryStore>>,
+    /// The user's fact graph.
+    pub facts: Option<Arc<dyn FactStore>>,
+    /// The durable job queue for background work.
+    pub jobs: Option<Arc<dyn JobQueue>>,
+    /// Worker pools the adapters run, shown in status.
+    pub pools: Vec<(String, Arc<PoolStats>)>,
+}
+
+/// How facts are extracted and recalled.
+#[derive(Clone, Debug)]
+pub struct FactSettings {
+    pub extract: bool,
+    pub hops: usize,
+    pub deadline: Duration,
+    pub single_valued: Vec<String>,
+    pub min_confidence: f32,
+    /// Model for extraction; `None` uses the endpoint's default.
+    pub model: Option<String>,
+}
+
+pub struct Runtime {
+    jobs: Option<(Arc<JobSystem>, Duration)>,
+    router: ShardRouter,
+    stats: Arc<RuntimeStats>,
+    arbiters: Vec<Arbiter>,
+}
+
+impl Runtime {
+    /// Starts the shards and the LLM actor. Must be called inside a running actix `System`.
+    pub fn start(settings: RuntimeSettings, parts: RuntimeParts) -> Runtime {
+        let job_stats = Arc::new(PoolStats::default());
+        let mut pools = parts.pools;
+        if parts.jobs.is_some() {
+            pools.push(("jobs".to_owned(), job_stats.clone()));
+        }
+        let stats = Arc::new(RuntimeStats::new(settings.shards as usize, pools));
+
+        let llm_arbiter = Arbiter::new();
+        let (model, policy, llm_stats) = (parts.model, settings.llm.clone(), stats.clone());
+        let llm = Supervisor::start_in_arbiter(&llm_arbiter.handle(), move |_| {
+            LlmActor::new(model, policy, llm_stats)
+        });
+
+        let mut providers: Vec<Arc<dyn ContextProvider>> = vec![
+            Arc::new(HistoryProvider {
+                store: parts.history.clone(),
+                limit: settings.history_turns,
+                deadline: settings.history_deadline,
+            }),
+            Arc::new(ProfileProvider {
+                store: parts.history.clone(),
+                deadline: settings.profile_deadline,
+            }),
+        ];
+        if let (Some(intents), Some(_)) = (parts.intents, &parts.embedder) {
+            let classifier = Supervisor::start_in_arbiter(&llm_arbiter.handle(), move |_| {
+                ClassifierActor::new(intents)
+            });
+            providers.push(Arc::new(ClassifierProvider {
+                classifier,
+                deadline: settings.classifier_deadline,
+            }));
+        }
+        let memory = parts.memory.filter(|_| parts.embedder.is_some());
+        if let Some(store) = &memory {
+            providers.push(Arc::new(MemoryProvider {
+                store: store.clone(),
+                rank: settings.memory.rank.clone(),
+                guild_memories_in_dm: settings.memory.guild_memories_in_dm,
+                deadline: settings.memory.deadline,
+            }));
+        }
+        if let Some(store) = &parts.facts {
+            providers.push(Arc::new(FactProvider {
+                store: store.clone(),
+                hops: settings.facts.hops,
+                deadline: settings.facts.deadline,
+            }));
+        }
+        providers.extend(parts.extra_providers);
+
+        let jobs = parts.jobs.map(|queue| {
+            let mut handlers: Vec<Arc<dyn JobHandler>> = Vec::new();
+            if let (Some(store), Some(embedder)) = (&memory, &parts.embedder) {
+                handlers.push(Arc::new(RememberTurnHandler {
+                    store: store.clone(),
+                    embedder: embedder.clone(),
+                    chunk_words: settings.memory.chunk_words,
+                }));
+            }
+            if let (Some(store), Some(embedder)) = (&memory, &parts.embedder) {
+                handlers.push(Arc::new(SummariseHandler {
+                    history: parts.history.clone(),
+                    store: store.clone(),
+                    embedder: embedder.clone(),
+                    llm: llm.clone(),
+                    model: settings.facts.model.clone(),
+                }));
+            }
+            if let Some(store) = &parts.facts {
+                handlers.push(Arc::new(FactExtraction {
+                    llm: llm.clone(),
+                    store: store.clone(),
+                    model: settings.facts.model.clone(),
+                    single_valued: settings.facts.single_valued.clone(),
+                    min_confidence: settings.facts.min_confidence,
+                }));
+            }
+            JobSystem::new(queue, handlers, settings.jobs.clone(), job_stats)
+        });
+
+        let deps = Arc::new(ConversationDeps {
+            characters: parts.characters.clone(),
+            embedder: parts.embedder,
+            memory,
+            jobs: jobs.clone(),
+            extract_facts: settings.facts.extract && parts.facts.is_some(),
+            summarise_every: Some(settings.memory.summarise_every),
+            providers,
+            history: parts.history,
+            llm,
+            settings: ConversationSettings {
+                edit_interval: settings.edit_interval,
+                token_budget: settings.token_budget,
+                history_turns: settings.history_turns,
+                restart: settings.restart.clone(),
+                memory_chunk_words: settings.memory.chunk_words,
+            },
+            stats: stats.clone(),
+        });
+        let shard_settings = ShardSettings {
+            idle_timeout: settings.idle_timeout,
+            max_conversations: settings.max_conversations_per_shard,
+        };
+
+        let mut arbiters = vec![llm_arbiter];
+        let mut shards = Vec::with_capacity(settings.shards as usize);
+        for id in 0..settings.shards as usize {
+            let arbiter = Arbiter::new();
+            let (deps, shard_settings) = (deps.clone(), shard_settings.clone());
+            shards.push(Supervisor::start_in_arbiter(&arbiter.handle(), move |_| {
+                Shard::new(id, deps, shard_settings)
+            }));
+            arbiters.push(arbiter);
+        }
+        if let Some(system) = &jobs {
+            let arbiter = Arbiter::new();
+            for _ in 0..settings.jobs.workers {
+                let system = system.clone();
+                Supervisor::start_in_arbiter(&arbiter.handle(), move |_| JobWorker::new(system));
+            }
+            arbiters.push(arbiter);
+        }
+        let ring = HashRing::new(settings.shards, settings.virtual_nodes);
+        let router = ShardRouter::new(ring, shards, parts.characters, stats.clone());
+        info!(
+            shards = settings.shards,
+            llm_concurrency = settings.llm.max_concurrent,
+            "runtime started"
+        );
+        Runtime {
+            jobs: jobs.map(|j| (j, settings.jobs_shutdown_grace)),
+            router,
+            stats,
+            arbiters,
+        }
+    }
+
+    pub fn router(&self) -> ShardRouter {
+        self.router.clone()
+    }
+
+    pub fn stats(&self) -> Arc<RuntimeStats> {
+        self.stats.clone()
+    }
+
+    pub fn status(&self) -> StatusSnapshot {
+        self.stats.snapshot()
+    }
+
+    /// Graceful stop: refuse new messages, wait (up to `timeout`) until every accepted message
+    /// has been answered and stored, then stop the arbiters. Returns whether it drained fully.
+    pub async fn shutdown(self, timeout: Duration) -> bool {
+        self.router.stop_accepting();
+        let drains = self.router.shards().iter().map(|shard| {
+            let (tx, rx) = oneshot::channel();
+            shard.do_send(Drain(tx));
+            rx
+        });
+        let drained = tokio::time::timeout(timeout, join_all(drains))
+            .await
+            .is_ok();
+        if !drained {
+            warn!(?timeout, "shutdown timed out with messages still in flight");
+        }
+        if let Some((jobs, grace)) = &self.jobs {
+            let deadline = tokio::time::Instant::now() + *grace;
+            loop {
+                match jobs.queue.counts().await {
+                    Ok(c) if c.ready + c.leased == 0 => break,
+                    Ok(c) if tokio::time::Instant::now() >= deadline => {
+                        info!(
+                            ready = c.ready,
+                            leased = c.leased,
+                            "background jobs left for the next start"
+                        );
+                        break;
+                    }
+                    Err(_) => break,
+                    Ok(_) => tokio::time::sleep(Duration::from_millis(20)).await,
+                }
+            }
+        }
+        for arbiter in &self.arbiters {
+            arbiter.stop();
+        }
+        drained
+    }
+}

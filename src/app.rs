@@ -1,0 +1,371 @@
+//! Wiring: turns a validated configuration into a running runtime with its adapters.
+//!
+//! Used by every command that serves users (`chat` now, the Discord transport later) and by
+//! the integration tests and benchmarks, so they all exercise the same assembly.
+
+use std::sync::Arc;
+
+use anyhow::Context as _;
+use tokio::task::JoinHandle;
+use tracing::info;
+use whisper_actors::ConversationKey;
+use whisper_actors::context::ContextProvider;
+use whisper_actors::llm::LlmPolicy;
+use whisper_actors::memory::{Candidate, MemoryStore};
+use whisper_actors::ports::{ChatModel, HistoryStore};
+use whisper_actors::supervision::RestartPolicy;
+use whisper_actors::{CharacterSet, Runtime, RuntimeParts, RuntimeSettings, ShardRouter};
+
+use crate::classifier;
+use crate::config::Settings;
+use crate::embed::LocalEmbedder;
+use crate::llm::local_server::LocalServer;
+use crate::llm::openai::OpenAiChat;
+use crate::status;
+use crate::store::sqlite::{self, SqliteHistory};
+use crate::store::sqlite_facts::SqliteFacts;
+use crate::store::sqlite_jobs::SqliteJobs;
+use crate::store::sqlite_memory::SqliteMemory;
+use whisper_actors::facts::FactStore;
+use whisper_actors::jobs::{JobQueue, JobSettings};
+use whisper_actors::memory::{MemorySettings, RankSettings};
+use whisper_actors::runtime::FactSettings;
+
+/// Optional parts beyond what the configuration selects: extra context providers (the next
+/// issues' memory and facts providers are wired here; tests use it for fault injection).
+#[derive(Default)]
+pub struct Extras {
+    pub providers: Vec<Arc<dyn ContextProvider>>,
+    /// A model to use instead of the configured endpoint (benchmarks isolate the runtime's
+    /// own overhead with an in-process model).
+    pub model: Option<Arc<dyn ChatModel>>,
+}
+
+/// What "forget me" deleted, per store.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct ForgetReport {
+    pub live_conversations: usize,
+    pub turns: u64,
+    pub profiles: u64,
+    pub memories: u64,
+    pub facts: u64,
+    pub jobs: u64,
+}
+
+impl std::fmt::Display for ForgetReport {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "forgotten: {} conversation turns, {} profile, {} memories, {} facts, {} queued jobs; {} live conversations dropped with their caches",
+            self.turns,
+            self.profiles,
+            self.memories,
+            self.facts,
+            self.jobs,
+            self.live_conversations
+        )
+    }
+}
+
+/// The user's data in every store: what "forget me" and `/memories` work on.
+#[derive(Clone)]
+pub struct UserData {
+    history: Arc<dyn HistoryStore>,
+    memory: Arc<dyn MemoryStore>,
+    facts: Arc<dyn FactStore>,
+    jobs: Arc<dyn JobQueue>,
+}
+
+impl UserData {
+    /// Deletes everything stored about `user` (all characters, all scopes).
+    pub async fn forget(&self, user: &str) -> anyhow::Result<ForgetReport> {
+        let (turns, profiles) = self
+            .history
+            .forget_user(user)
+            .await
+            .context("forgetting history")?;
+        // Queued jobs first, so none re-creates what is deleted next.
+        let jobs = self
+            .jobs
+            .forget_user(user)
+            .await
+            .context("forgetting queued jobs")?;
+        let memories = self
+            .memory
+            .forget_user(user)
+            .await
+            .context("forgetting memories")?;
+        let facts = self
+            .facts
+            .forget_user(user)
+            .await
+            .context("forgetting facts")?;
+        Ok(ForgetReport {
+            live_conversations: 0,
+            turns,
+            profiles,
+            memories,
+            facts,
+            jobs,
+        })
+    }
+
+    /// The user's current facts.
+    pub async fn facts(&self, user: &str) -> anyhow::Result<Vec<whisper_actors::facts::Fact>> {
+        Ok(self.facts.current(user).await?)
+    }
+
+    /// Background jobs waiting or running.
+    pub async fn pending_jobs(&self) -> anyhow::Result<u64> {
+        let c = self.jobs.counts().await?;
+        Ok(c.ready + c.leased)
+    }
+
+    pub async fn memories(
+        &self,
+        key: &ConversationKey,
+        limit: usize,
+    ) -> anyhow::Result<Vec<Candidate>> {
+        Ok(self.memory.list(key, limit).await?)
+    }
+}
+
+/// Opens the stores without starting the runtime (the `forget` command).
+pub fn open_user_data(settings: &Settings) -> anyhow::Result<UserData> {
+    let db = sqlite::prepare(&settings.storage.data_dir)?;
+    Ok(UserData {
+        history: Arc::new(SqliteHistory::start(db.clone(), 1)),
+        memory: Arc::new(SqliteMemory::start(db.clone(), 1, 1)),
+        facts: Arc::new(SqliteFacts::start(db.clone())),
+        jobs: Arc::new(SqliteJobs::start(db)),
+    })
+}
+
+pub struct App {
+    user_data: UserData,
+    runtime: Runtime,
+    local_llm: Option<LocalServer>,
+    reporter: JoinHandle<()>,
+    settings: Settings,
+}
+
+impl Settings {
+    pub fn restart_policy(&self) -> RestartPolicy {
+        RestartPolicy {
+            max_restarts: self.supervision.max_restarts,
+            window: self.supervision.window,
+            backoff_initial: self.supervision.backoff_initial,
+            backoff_max: self.supervision.backoff_max,
+        }
+    }
+
+    pub fn runtime_settings(&self) -> RuntimeSettings {
+        RuntimeSettings {
+            shards: self.runtime.shards,
+            virtual_nodes: self.runtime.virtual_nodes,
+            idle_timeout: self.runtime.idle_timeout,
+            max_conversations_per_shard: self.runtime.max_conversations_per_shard,
+            edit_interval: self.streaming.edit_interval,
+            token_budget: self.context.token_budget,
+            history_turns: self.context.history_turns,
+            history_deadline: self.context.history_deadline,
+            profile_deadline: self.context.profile_deadline,
+            classifier_deadline: self.context.classifier_deadline,
+            memory: MemorySettings {
+                rank: RankSettings {
+                    top_k: self.memory.top_k,
+                    min_similarity: self.memory.min_similarity,
+                    recency_half_life: self.memory.recency_half_life,
+                    recency_weight: self.memory.recency_weight,
+                    importance_weight: self.memory.importance_weight,
+                },
+                guild_memories_in_dm: self.memory.guild_memories_in_dm,
+                deadline: self.context.memory_deadline,
+                chunk_words: self.memory.chunk_words,
+                summarise_every: self.memory.summarise_every,
+            },
+            jobs: JobSettings {
+                workers: self.jobs.workers,
+                lease: self.jobs.lease,
+                max_attempts: self.jobs.max_attempts,
+                retry_backoff: self.jobs.retry_backoff,
+                retry_backoff_max: self.jobs.retry_backoff_max,
+                poll_interval: self.jobs.poll_interval,
+            },
+            jobs_shutdown_grace: self.jobs.shutdown_grace,
+            facts: FactSettings {
+                extract: self.facts.extract,
+                hops: self.facts.hops,
+                deadline: self.context.facts_deadline,
+                single_valued: self.facts.single_valued.clone(),
+                min_confidence: self.facts.min_confidence,
+                model: (!self.facts.model.is_empty()).then(|| self.facts.model.clone()),
+            },
+            restart: self.restart_policy(),
+            llm: LlmPolicy {
+                max_concurrent: self.pools.llm_concurrency,
+                queue_capacity: self.pools.llm_queue,
+                first_token_timeout: self.llm.request_timeout,
+                idle_timeout: self.llm.stream_idle_timeout,
+                max_retries: self.llm.max_retries,
+                retry_backoff: self.llm.retry_backoff,
+                retry_backoff_max: self.llm.retry_backoff_max,
+            },
+        }
+    }
+}
+
+impl App {
+    /// Opens the stores, starts the model (local server if no endpoint is configured) and the
+    /// runtime. Must run inside an actix `System`.
+    pub async fn start(settings: Settings, characters: CharacterSet) -> anyhow::Result<App> {
+        Self::start_with(settings, characters, Extras::default()).await
+    }
+
+    pub async fn start_with(
+        settings: Settings,
+        characters: CharacterSet,
+        extras: Extras,
+    ) -> anyhow::Result<App> {
+        let data_dir = settings.storage.data_dir.clone();
+        let db = sqlite::prepare(&data_dir)?;
+        let history = SqliteHistory::start(db.clone(), settings.pools.history);
+        let memory = SqliteMemory::start(
+            db.clone(),
+            settings.pools.memory,
+            settings.memory.cached_users,
+        );
+        let facts: Arc<dyn FactStore> = Arc::new(SqliteFacts::start(db.clone()));
+        let jobs: Arc<dyn JobQueue> = Arc::new(SqliteJobs::start(db));
+        let (history_stats, memory_stats) = (history.stats(), memory.stats());
+        let history: Arc<dyn HistoryStore> = Arc::new(history);
+        let memory: Arc<dyn MemoryStore> = Arc::new(memory);
+        let user_data = UserData {
+            history: history.clone(),
+            memory: memory.clone(),
+            facts: facts.clone(),
+            jobs: jobs.clone(),
+        };
+
+        let mut pools = vec![("history".to_owned(), history_stats)];
+        let (embedder, intents) = if settings.embedding.enabled {
+            let embedder = LocalEmbedder::start(&settings.embedding, settings.pools.embedder)
+                .context("loading the embedding model")?;
+            let intents = if settings.classifier.enabled {
+                let cache = data_dir.join("cache");
+                Some(
+                    classifier::load(&settings.classifier.intents, &cache, &embedder)
+                        .await
+                        .context("loading the fast-track intents")?,
+                )
+            } else {
+                None
+            };
+            pools.push(("embedder".to_owned(), embedder.stats()));
+            pools.push(("memory".to_owned(), memory_stats));
+            (
+                Some(Arc::new(embedder) as Arc<dyn whisper_actors::ports::Embedder>),
+                intents,
+            )
+        } else {
+            info!("embedding.enabled = false: no fast track and no long-term memory");
+            (None, None)
+        };
+
+        let local_llm = if extras.model.is_none() && settings.uses_local_llm() {
+            info!("no llm.base_url configured: starting the local model server");
+            Some(
+                LocalServer::start(
+                    &settings.llm.local,
+                    settings.pools.llm_concurrency,
+                    &data_dir,
+                    settings.restart_policy(),
+                )
+                .await
+                .context("starting the local model server")?,
+            )
+        } else {
+            None
+        };
+        let endpoint = match (&extras.model, &local_llm) {
+            (Some(_), _) => "in-process model".to_owned(),
+            (None, Some(server)) => server.base_url().to_owned(),
+            (None, None) => settings.llm.base_url.clone(),
+        };
+        let model: Arc<dyn ChatModel> = match extras.model {
+            Some(model) => model,
+            None => Arc::new(
+                OpenAiChat::new(&endpoint, &settings.llm.api_key, &settings.llm.model)
+                    .context("building the HTTP client for the model endpoint")?,
+            ),
+        };
+
+        let runtime = Runtime::start(
+            settings.runtime_settings(),
+            RuntimeParts {
+                characters,
+                model,
+                pools,
+                history,
+                extra_providers: extras.providers,
+                embedder,
+                intents,
+                memory: Some(memory),
+                facts: Some(facts),
+                jobs: Some(jobs),
+            },
+        );
+        let stats = runtime.stats();
+        info!(target: "whisperengine::status", "{}", stats.snapshot().summary_line());
+        let reporter =
+            status::spawn_reporter(stats, data_dir, settings.runtime.status_interval, endpoint);
+        Ok(App {
+            user_data,
+            runtime,
+            local_llm,
+            reporter,
+            settings,
+        })
+    }
+
+    pub fn router(&self) -> ShardRouter {
+        self.runtime.router()
+    }
+
+    /// The local model server's pid, when the embedded default runs one.
+    pub fn local_llm_pid(&self) -> Option<u32> {
+        self.local_llm.as_ref().and_then(LocalServer::pid)
+    }
+
+    /// "Forget me": drops the user's live conversations (and their caches) on every shard,
+    /// then deletes their history, profile and memories.
+    pub async fn forget(&self, user: &str) -> anyhow::Result<ForgetReport> {
+        let live_conversations = self.runtime.router().forget_user(user).await;
+        let mut report = self.user_data.forget(user).await?;
+        report.live_conversations = live_conversations;
+        info!(user, %report, "user forgotten");
+        Ok(report)
+    }
+
+    pub fn user_data(&self) -> &UserData {
+        &self.user_data
+    }
+
+    pub fn runtime(&self) -> &Runtime {
+        &self.runtime
+    }
+
+    /// Drains replies in flight, then stops the runtime and the local model server.
+    pub async fn shutdown(self) {
+        let drained = self
+            .runtime
+            .shutdown(self.settings.runtime.shutdown_timeout)
+            .await;
+        info!(drained, "runtime stopped");
+        self.reporter.abort();
+        status::clear(&self.settings.storage.data_dir);
+        if let Some(server) = self.local_llm {
+            server.shutdown().await;
+        }
+    }
+}

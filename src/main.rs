@@ -1,0 +1,197 @@
+//! The `whisperengine` command line.
+
+use std::io::IsTerminal;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::Context as _;
+use clap::{Parser, Subcommand};
+use whisperengine::app::App;
+use whisperengine::config::{self, Overrides, Settings};
+use whisperengine::status;
+use whisperengine::telemetry::{self, LogTarget};
+use whisperengine::transport::console::{self, ChatOptions};
+
+#[derive(Parser)]
+#[command(
+    name = "whisperengine",
+    version,
+    about = "An actor-system runtime for AI chatbots with long-term memory"
+)]
+struct Cli {
+    /// Configuration file layered over the built-in defaults [default: config/default.toml if present]
+    #[arg(long, global = true, value_name = "PATH")]
+    config: Option<PathBuf>,
+    /// Data directory (overrides storage.data_dir and WHISPER__STORAGE__DATA_DIR)
+    #[arg(long, global = true, value_name = "DIR")]
+    data_dir: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Chat with a character on the terminal (one reply per line when stdin is not a terminal)
+    Chat {
+        /// Character id (a file in characters.dir) [default: characters.default]
+        #[arg(long)]
+        character: Option<String>,
+        /// Your user id [default: $USER]
+        #[arg(long)]
+        user: Option<String>,
+    },
+    /// Delete everything stored about a user (history, profile, memories) in every store
+    Forget {
+        /// Full user id, e.g. console:sam or discord:80351110224678912
+        #[arg(long)]
+        user: String,
+    },
+    /// Show the running bot's shards, conversations, pools, queues and restarts
+    Status,
+    /// Configuration commands
+    Config {
+        #[command(subcommand)]
+        command: ConfigCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum ConfigCommand {
+    /// Print the effective configuration (secrets redacted); exit non-zero on any error
+    Check,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match run(cli) {
+        Ok(code) => code,
+        Err(error) => {
+            eprintln!("error: {error:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn load(cli: &Cli) -> anyhow::Result<(Settings, whisper_actors::CharacterSet)> {
+    let overrides = Overrides {
+        config_file: cli.config.clone(),
+        data_dir: cli.data_dir.clone(),
+    };
+    let settings = config::load(&overrides)?.settings;
+    let characters = config::characters::load_dir(&settings.characters.dir)?;
+    if characters.get(&settings.characters.default).is_none() {
+        anyhow::bail!(
+            "key `characters.default`: no character {:?} in {} (have: {})",
+            settings.characters.default,
+            settings.characters.dir.display(),
+            characters.ids().collect::<Vec<_>>().join(", ")
+        );
+    }
+    Ok((settings, characters))
+}
+
+fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    match &cli.command {
+        Command::Config {
+            command: ConfigCommand::Check,
+        } => {
+            let (settings, characters) = load(&cli)?;
+            print!("{}", settings.redacted().to_toml());
+            println!(
+                "\n# characters: {}",
+                characters.ids().collect::<Vec<_>>().join(", ")
+            );
+            eprintln!("configuration OK");
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Forget { user } => {
+            let (settings, _) = load(&cli)?;
+            if let Some((file, true)) = status::read(&settings.storage.data_dir) {
+                eprintln!(
+                    "warning: whisperengine pid {} is running on this data directory; use /forget in its chat (its caches are per process)",
+                    file.pid
+                );
+            }
+            let system = actix::System::new();
+            let user = user.clone();
+            system.block_on(async move {
+                let report = whisperengine::app::open_user_data(&settings)?
+                    .forget(&user)
+                    .await?;
+                println!("{user}: {report}");
+                Ok(ExitCode::SUCCESS)
+            })
+        }
+        Command::Status => {
+            let (settings, _) = load(&cli)?;
+            let dir = &settings.storage.data_dir;
+            match status::read(dir) {
+                Some((file, alive)) => {
+                    print!("{}", status::render(&file, alive));
+                    Ok(if alive {
+                        ExitCode::SUCCESS
+                    } else {
+                        ExitCode::from(3)
+                    })
+                }
+                None => {
+                    println!(
+                        "no running whisperengine reports to {} (configured: {} shards, history pool {}, LLM concurrency {}, LLM queue {})",
+                        dir.display(),
+                        settings.runtime.shards,
+                        settings.pools.history,
+                        settings.pools.llm_concurrency,
+                        settings.pools.llm_queue
+                    );
+                    Ok(ExitCode::from(3))
+                }
+            }
+        }
+        Command::Chat { character, user } => {
+            let (settings, characters) = load(&cli)?;
+            let interactive = std::io::stdin().is_terminal() && std::io::stdout().is_terminal();
+            let log_file = settings.storage.data_dir.join("whisperengine.log");
+            let target = if interactive {
+                LogTarget::File(&log_file)
+            } else {
+                LogTarget::Stderr
+            };
+            telemetry::init(&settings.logging, target).context("setting up logging")?;
+            let character = character
+                .clone()
+                .unwrap_or_else(|| settings.characters.default.clone());
+            if characters.get(&character).is_none() {
+                anyhow::bail!(
+                    "unknown character {character:?} (have: {})",
+                    characters.ids().collect::<Vec<_>>().join(", ")
+                );
+            }
+            let user = user
+                .clone()
+                .or_else(|| std::env::var("USER").ok())
+                .unwrap_or_else(|| "local".to_owned());
+            let options = ChatOptions {
+                character,
+                display_name: user.clone(),
+                user,
+                interactive,
+            };
+            if interactive {
+                eprintln!("starting… (logs: {})", log_file.display());
+            }
+            let system = actix::System::with_tokio_rt(|| {
+                tokio::runtime::Builder::new_multi_thread()
+                    .enable_all()
+                    .build()
+                    .expect("tokio runtime")
+            });
+            system.block_on(async move {
+                let app = App::start(settings, characters).await?;
+                let result = console::run(&app, options).await;
+                app.shutdown().await;
+                result?;
+                Ok(ExitCode::SUCCESS)
+            })
+        }
+    }
+}

@@ -1,0 +1,438 @@
+//! History and profiles in SQLite, served by a pool of `SyncArbiter` threads.
+//!
+//! rusqlite is blocking, so it never runs on a shard's arbiter: each worker thread owns one
+//! connection (WAL mode, so readers do not block the writer) and the async
+//! [`HistoryStore`] methods are messages to that pool. Schema changes are versioned
+//! migrations applied once at startup.
+
+use std::panic::{AssertUnwindSafe, catch_unwind};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use actix::prelude::*;
+use async_trait::async_trait;
+use rusqlite::{Connection, OptionalExtension, params};
+use rusqlite_migration::{M, Migrations};
+use tracing::error;
+use whisper_actors::ports::{HistoryStore, Profile, StoreError, Turn};
+use whisper_actors::stats::PoolStats;
+use whisper_actors::supervision::panic_message;
+use whisper_actors::{ConversationKey, Scope};
+
+const STORE: &str = "sqlite history";
+
+fn migrations() -> Migrations<'static> {
+    Migrations::new(vec![
+        M::up(
+            "CREATE TABLE turns (
+             id INTEGER PRIMARY KEY,
+             character TEXT NOT NULL,
+             user_id TEXT NOT NULL,
+             scope TEXT NOT NULL,
+             user_message TEXT NOT NULL,
+             reply TEXT NOT NULL,
+             created_at_ms INTEGER NOT NULL,
+             replied_at_ms INTEGER NOT NULL
+         );
+         CREATE INDEX turns_by_conversation ON turns (character, user_id, scope, id);
+         CREATE TABLE profiles (
+             user_id TEXT PRIMARY KEY,
+             display_name TEXT NOT NULL,
+             first_seen_ms INTEGER NOT NULL,
+             last_seen_ms INTEGER NOT NULL,
+             message_count INTEGER NOT NULL
+         );",
+        ),
+        M::up(
+            "CREATE TABLE memories (
+             id INTEGER PRIMARY KEY,
+             character TEXT NOT NULL,
+             user_id TEXT NOT NULL,
+             scope TEXT NOT NULL,
+             kind TEXT NOT NULL,
+             grp TEXT NOT NULL,
+             chunk INTEGER NOT NULL,
+             text TEXT NOT NULL,
+             importance REAL NOT NULL,
+             created_at_ms INTEGER NOT NULL,
+             vector BLOB NOT NULL
+         );
+         CREATE INDEX memories_by_user ON memories (user_id, character);
+         CREATE UNIQUE INDEX memories_unique ON memories (user_id, character, grp, chunk);",
+        ),
+        M::up(
+            "CREATE TABLE jobs (
+             id TEXT PRIMARY KEY,
+             kind TEXT NOT NULL,
+             user_id TEXT NOT NULL,
+             payload TEXT NOT NULL,
+             state TEXT NOT NULL CHECK (state IN ('ready', 'leased', 'dead')),
+             attempts INTEGER NOT NULL DEFAULT 0,
+             run_at_ms INTEGER NOT NULL,
+             lease_until_ms INTEGER,
+             last_error TEXT,
+             created_at_ms INTEGER NOT NULL
+         );
+         CREATE INDEX jobs_due ON jobs (state, run_at_ms);
+         CREATE INDEX jobs_by_user ON jobs (user_id);
+         CREATE TABLE facts (
+             id INTEGER PRIMARY KEY,
+             user_id TEXT NOT NULL,
+             subject TEXT NOT NULL,
+             predicate TEXT NOT NULL,
+             object TEXT NOT NULL,
+             confidence REAL NOT NULL,
+             source TEXT NOT NULL,
+             valid_from_ms INTEGER NOT NULL,
+             valid_to_ms INTEGER
+         );
+         CREATE INDEX facts_current ON facts (user_id, valid_to_ms);",
+        ),
+    ])
+}
+
+/// Failures opening or migrating the database: fatal at startup, with the path in the message.
+#[derive(Debug, thiserror::Error)]
+pub enum OpenError {
+    #[error("cannot create data directory {}: {source}", path.display())]
+    DataDir {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("cannot open SQLite database {}: {source}", path.display())]
+    Open {
+        path: PathBuf,
+        source: rusqlite::Error,
+    },
+    #[error("cannot migrate SQLite database {}: {source}", path.display())]
+    Migrate {
+        path: PathBuf,
+        source: rusqlite_migration::Error,
+    },
+}
+
+pub(crate) fn open_connection(path: &Path) -> Result<Connection, rusqlite::Error> {
+    let conn = Connection::open(path)?;
+    conn.busy_timeout(Duration::from_secs(5))?;
+    conn.pragma_update(None, "journal_mode", "WAL")?;
+    conn.pragma_update(None, "synchronous", "NORMAL")?;
+    conn.pragma_update(None, "foreign_keys", "ON")?;
+    Ok(conn)
+}
+
+/// Creates the data directory and database and applies pending migrations.
+pub fn prepare(data_dir: &Path) -> Result<PathBuf, OpenError> {
+    std::fs::create_dir_all(data_dir).map_err(|source| OpenError::DataDir {
+        path: data_dir.to_owned(),
+        source,
+    })?;
+    let path = data_dir.join("whisperengine.db");
+    let mut conn = open_connection(&path).map_err(|source| OpenError::Open {
+        path: path.clone(),
+        source,
+    })?;
+    migrations()
+        .to_latest(&mut conn)
+        .map_err(|source| OpenError::Migrate {
+            path: path.clone(),
+            source,
+        })?;
+    Ok(path)
+}
+
+/// Sends a message to a store's worker pool, keeping its queue-depth and error counts (shown by
+/// `status`). A stopped pool is reported as the store being unavailable.
+pub(crate) async fn call_pool<W, M, T>(
+    workers: &Addr<W>,
+    stats: &PoolStats,
+    store: &'static str,
+    msg: M,
+) -> Result<T, StoreError>
+where
+    W: Actor<Context = SyncContext<W>> + Handler<M>,
+    M: Message<Result = Result<T, StoreError>> + Send + 'static,
+    T: Send + 'static,
+{
+    stats.queue_depth.inc();
+    let result = workers.send(msg).await;
+    stats.queue_depth.dec();
+    let result = result.unwrap_or_else(|_| {
+        Err(StoreError::Unavailable {
+            store,
+            reason: "worker pool stopped".into(),
+        })
+    });
+    if result.is_err() {
+        stats.errors.inc();
+    }
+    result
+}
+
+/// A store worker's connection, opened on first use and reopened after a panic. SQLite errors
+/// and panics become `StoreError`s naming the store and operation, so a bad row can never take
+/// a pool thread down. Shared by every SQLite store's workers.
+pub(crate) struct LazyConnection {
+    store: &'static str,
+    path: PathBuf,
+    conn: Option<Connection>,
+}
+
+impl LazyConnection {
+    pub(crate) fn new(store: &'static str, path: PathBuf) -> Self {
+        Self {
+            store,
+            path,
+            conn: None,
+        }
+    }
+
+    pub(crate) fn run<T>(
+        &mut self,
+        operation: &'static str,
+        f: impl FnOnce(&mut Connection) -> rusqlite::Result<T>,
+    ) -> Result<T, StoreError> {
+        let store = self.store;
+        if self.conn.is_none() {
+            let conn = open_connection(&self.path).map_err(|e| StoreError::Unavailable {
+                store,
+                reason: format!("{}: {e}", self.path.display()),
+            })?;
+            self.conn = Some(conn);
+        }
+        let conn = self.conn.as_mut().expect("opened above");
+        match catch_unwind(AssertUnwindSafe(|| f(conn))) {
+            Ok(Ok(value)) => Ok(value),
+            Ok(Err(e)) => Err(StoreError::Failed {
+                store,
+                operation,
+                reason: e.to_string(),
+            }),
+            Err(payload) => {
+                let reason = panic_message(payload.as_ref());
+                error!(store, operation, %reason, "SQLite worker panicked; reopening its connection");
+                self.conn = None;
+                Err(StoreError::Failed {
+                    store,
+                    operation,
+                    reason,
+                })
+            }
+        }
+    }
+}
+
+struct Worker {
+    conn: LazyConnection,
+}
+
+impl Actor for Worker {
+    type Context = SyncContext<Self>;
+}
+
+#[derive(Message)]
+#[rtype(result = "Result<Vec<Turn>, StoreError>")]
+struct RecentTurns {
+    key: ConversationKey,
+    scope: Scope,
+    limit: usize,
+}
+
+#[derive(Message)]
+#[rtype(result = "Result<Option<Profile>, StoreError>")]
+struct GetProfile {
+    user: String,
+}
+
+#[derive(Message)]
+#[rtype(result = "Result<(u64, u64), StoreError>")]
+struct ForgetUser(String);
+
+impl Handler<ForgetUser> for Worker {
+    type Result = Result<(u64, u64), StoreError>;
+
+    fn handle(&mut self, ForgetUser(user): ForgetUser, _: &mut Self::Context) -> Self::Result {
+        self.conn.run("forget user", |conn| {
+            let tx = conn.transaction()?;
+            let turns = tx.execute("DELETE FROM turns WHERE user_id = ?1", [&user])?;
+            let profiles = tx.execute("DELETE FROM profiles WHERE user_id = ?1", [&user])?;
+            tx.commit()?;
+            Ok((turns as u64, profiles as u64))
+        })
+    }
+}
+
+#[derive(Message)]
+#[rtype(result = "Result<(), StoreError>")]
+struct RecordTurn {
+    turn: Turn,
+    display_name: String,
+}
+
+impl Handler<RecentTurns> for Worker {
+    type Result = Result<Vec<Turn>, StoreError>;
+
+    fn handle(&mut self, msg: RecentTurns, _: &mut Self::Context) -> Self::Result {
+        let scope = msg.scope.to_string();
+        self.conn.run("read history", |conn| {
+            let mut stmt = conn.prepare_cached(
+                "SELECT user_message, reply, created_at_ms, replied_at_ms FROM turns
+                 WHERE character = ?1 AND user_id = ?2 AND scope = ?3
+                 ORDER BY id DESC LIMIT ?4",
+            )?;
+            let rows = stmt.query_map(
+                params![&*msg.key.character, &*msg.key.user, scope, msg.limit as i64],
+                |row| {
+                    Ok(Turn {
+                        key: msg.key.clone(),
+                        scope: msg.scope.clone(),
+                        user_message: row.get(0)?,
+                        reply: row.get(1)?,
+                        created_at_ms: row.get(2)?,
+                        replied_at_ms: row.get(3)?,
+                    })
+                },
+            )?;
+            let mut turns = rows.collect::<rusqlite::Result<Vec<_>>>()?;
+            turns.reverse();
+            Ok(turns)
+        })
+    }
+}
+
+impl Handler<GetProfile> for Worker {
+    type Result = Result<Option<Profile>, StoreError>;
+
+    fn handle(&mut self, msg: GetProfile, _: &mut Self::Context) -> Self::Result {
+        self.conn.run("read profile", |conn| {
+            conn.prepare_cached(
+                "SELECT display_name, first_seen_ms, last_seen_ms, message_count
+                 FROM profiles WHERE user_id = ?1",
+            )?
+            .query_row([&msg.user], |row| {
+                Ok(Profile {
+                    user: msg.user.clone(),
+                    display_name: row.get(0)?,
+                    first_seen_ms: row.get(1)?,
+                    last_seen_ms: row.get(2)?,
+                    message_count: row.get::<_, i64>(3)? as u64,
+                })
+            })
+            .optional()
+        })
+    }
+}
+
+impl Handler<RecordTurn> for Worker {
+    type Result = Result<(), StoreError>;
+
+    fn handle(&mut self, msg: RecordTurn, _: &mut Self::Context) -> Self::Result {
+        let turn = msg.turn;
+        self.conn.run("record turn", |conn| {
+            let tx = conn.transaction()?;
+            tx.prepare_cached(
+                "INSERT INTO turns (character, user_id, scope, user_message, reply, created_at_ms, replied_at_ms)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+            )?
+            .execute(params![
+                &*turn.key.character,
+                &*turn.key.user,
+                turn.scope.to_string(),
+                turn.user_message,
+                turn.reply,
+                turn.created_at_ms,
+                turn.replied_at_ms
+            ])?;
+            tx.prepare_cached(
+                "INSERT INTO profiles (user_id, display_name, first_seen_ms, last_seen_ms, message_count)
+                 VALUES (?1, ?2, ?3, ?4, 1)
+                 ON CONFLICT (user_id) DO UPDATE SET
+                     display_name = excluded.display_name,
+                     last_seen_ms = excluded.last_seen_ms,
+                     message_count = message_count + 1",
+            )?
+            .execute(params![&*turn.key.user, msg.display_name, turn.created_at_ms, turn.replied_at_ms])?;
+            tx.commit()
+        })
+    }
+}
+
+/// The async face of the worker pool.
+pub struct SqliteHistory {
+    workers: Addr<Worker>,
+    stats: Arc<PoolStats>,
+}
+
+impl SqliteHistory {
+    /// Starts `threads` workers on a `SyncArbiter`. Call [`prepare`] first; must run inside an
+    /// actix `System`.
+    pub fn start(db_path: PathBuf, threads: usize) -> Self {
+        let stats = Arc::new(PoolStats::default());
+        stats.size.set(threads as u64);
+        let workers = SyncArbiter::start(threads, move || Worker {
+            conn: LazyConnection::new(STORE, db_path.clone()),
+        });
+        Self { workers, stats }
+    }
+
+    pub fn stats(&self) -> Arc<PoolStats> {
+        self.stats.clone()
+    }
+}
+
+#[async_trait]
+impl HistoryStore for SqliteHistory {
+    async fn recent_turns(
+        &self,
+        key: &ConversationKey,
+        scope: &Scope,
+        limit: usize,
+    ) -> Result<Vec<Turn>, StoreError> {
+        call_pool(
+            &self.workers,
+            &self.stats,
+            STORE,
+            RecentTurns {
+                key: key.clone(),
+                scope: scope.clone(),
+                limit,
+            },
+        )
+        .await
+    }
+
+    async fn profile(&self, user: &str) -> Result<Option<Profile>, StoreError> {
+        call_pool(
+            &self.workers,
+            &self.stats,
+            STORE,
+            GetProfile {
+                user: user.to_owned(),
+            },
+        )
+        .await
+    }
+
+    async fn record_turn(&self, turn: &Turn, display_name: &str) -> Result<(), StoreError> {
+        call_pool(
+            &self.workers,
+            &self.stats,
+            STORE,
+            RecordTurn {
+                turn: turn.clone(),
+                display_name: display_name.to_owned(),
+            },
+        )
+        .await
+    }
+
+    async fn forget_user(&self, user: &str) -> Result<(u64, u64), StoreError> {
+        call_pool(
+            &self.workers,
+            &self.stats,
+            STORE,
+            ForgetUser(user.to_owned()),
+        )
+        .await
+    }
+}

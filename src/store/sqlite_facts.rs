@@ -1,0 +1,172 @@
+//! The user's fact graph in SQLite: one table of edges with validity intervals.
+
+use std::path::PathBuf;
+
+use actix::prelude::*;
+use async_trait::async_trait;
+use rusqlite::params;
+use whisper_actors::facts::{Fact, FactStore, NewFact, USER};
+use whisper_actors::ports::StoreError;
+
+use super::sqlite::LazyConnection;
+
+const STORE: &str = "sqlite facts";
+
+struct Worker {
+    conn: LazyConnection,
+}
+
+impl Actor for Worker {
+    type Context = SyncContext<Self>;
+}
+
+#[derive(Message)]
+#[rtype(result = "Result<usize, StoreError>")]
+struct Upsert {
+    user: String,
+    facts: Vec<NewFact>,
+    source: String,
+    single_valued: Vec<String>,
+    now_ms: i64,
+}
+
+#[derive(Message)]
+#[rtype(result = "Result<Vec<Fact>, StoreError>")]
+struct Current(String);
+
+#[derive(Message)]
+#[rtype(result = "Result<u64, StoreError>")]
+struct Forget(String);
+
+impl Handler<Upsert> for Worker {
+    type Result = Result<usize, StoreError>;
+
+    fn handle(&mut self, msg: Upsert, _: &mut Self::Context) -> Self::Result {
+        self.conn.run("upsert facts", |c| {
+            let tx = c.transaction()?;
+            let mut stored = 0;
+            for f in &msg.facts {
+                let subject = if f.subject.eq_ignore_ascii_case(USER) { USER } else { f.subject.trim() };
+                let object = f.object.trim();
+                // The same current edge: nothing to do (jobs may run twice).
+                let exists: bool = tx.query_row(
+                    "SELECT EXISTS (SELECT 1 FROM facts WHERE user_id = ?1 AND subject = ?2 AND predicate = ?3
+                     AND object = ?4 COLLATE NOCASE AND valid_to_ms IS NULL)",
+                    params![msg.user, subject, f.predicate, object],
+                    |r| r.get(0),
+                )?;
+                if exists {
+                    continue;
+                }
+                if msg.single_valued.iter().any(|p| p == &f.predicate) {
+                    // A correction supersedes the old value; the old edge is kept, closed.
+                    tx.execute(
+                        "UPDATE facts SET valid_to_ms = ?4 WHERE user_id = ?1 AND subject = ?2 AND predicate = ?3
+                         AND valid_to_ms IS NULL",
+                        params![msg.user, subject, f.predicate, msg.now_ms],
+                    )?;
+                }
+                tx.execute(
+                    "INSERT INTO facts (user_id, subject, predicate, object, confidence, source, valid_from_ms)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+                    params![msg.user, subject, f.predicate, object, f.confidence as f64, msg.source, msg.now_ms],
+                )?;
+                stored += 1;
+            }
+            tx.commit()?;
+            Ok(stored)
+        })
+    }
+}
+
+impl Handler<Current> for Worker {
+    type Result = Result<Vec<Fact>, StoreError>;
+
+    fn handle(&mut self, Current(user): Current, _: &mut Self::Context) -> Self::Result {
+        self.conn.run("read facts", |c| {
+            let mut stmt = c.prepare_cached(
+                "SELECT subject, predicate, object, confidence, source, valid_from_ms, valid_to_ms
+                 FROM facts WHERE user_id = ?1 AND valid_to_ms IS NULL ORDER BY id",
+            )?;
+            let rows = stmt.query_map([user], |r| {
+                Ok(Fact {
+                    subject: r.get(0)?,
+                    predicate: r.get(1)?,
+                    object: r.get(2)?,
+                    confidence: r.get::<_, f64>(3)? as f32,
+                    source: r.get(4)?,
+                    valid_from_ms: r.get(5)?,
+                    valid_to_ms: r.get(6)?,
+                })
+            })?;
+            rows.collect()
+        })
+    }
+}
+
+impl Handler<Forget> for Worker {
+    type Result = Result<u64, StoreError>;
+
+    fn handle(&mut self, Forget(user): Forget, _: &mut Self::Context) -> Self::Result {
+        self.conn.run("forget facts", |c| {
+            Ok(c.execute("DELETE FROM facts WHERE user_id = ?1", [user])? as u64)
+        })
+    }
+}
+
+pub struct SqliteFacts {
+    worker: Addr<Worker>,
+}
+
+impl SqliteFacts {
+    pub fn start(db_path: PathBuf) -> Self {
+        Self {
+            worker: SyncArbiter::start(1, move || Worker {
+                conn: LazyConnection::new(STORE, db_path.clone()),
+            }),
+        }
+    }
+}
+
+fn stopped() -> StoreError {
+    StoreError::Unavailable {
+        store: STORE,
+        reason: "worker stopped".into(),
+    }
+}
+
+#[async_trait]
+impl FactStore for SqliteFacts {
+    async fn upsert(
+        &self,
+        user: &str,
+        facts: Vec<NewFact>,
+        source: &str,
+        single_valued: &[String],
+        now_ms: i64,
+    ) -> Result<usize, StoreError> {
+        let msg = Upsert {
+            user: user.to_owned(),
+            facts,
+            source: source.to_owned(),
+            single_valued: single_valued.to_vec(),
+            now_ms,
+        };
+        self.worker
+            .send(msg)
+            .await
+            .unwrap_or_else(|_| Err(stopped()))
+    }
+    async fn current(&self, user: &str) -> Result<Vec<Fact>, StoreError> {
+        self.worker
+            .send(Current(user.to_owned()))
+            .await
+            .unwrap_or_else(|_| Err(stopped()))
+    }
+    async fn forget_user(&self, user: &str) -> Result<u64, StoreError> {
+        self.worker
+            .send(Forget(user.to_owned()))
+            .await
+            .unwrap_or_else(|_| Err(stopped()))
+    }
+}

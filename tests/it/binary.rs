@@ -1,0 +1,214 @@
+//! Tests of the real `whisperengine` binary.
+
+use std::path::Path;
+use std::process::{Output, Stdio};
+use std::time::Duration;
+
+use tokio::io::AsyncWriteExt;
+use tokio::process::Command;
+
+use crate::support::openai_server::ScriptedLlm;
+
+const BIN: &str = env!("CARGO_BIN_EXE_whisperengine");
+
+fn command(data_dir: &Path) -> Command {
+    let mut cmd = Command::new(BIN);
+    cmd.current_dir(env!("CARGO_MANIFEST_DIR"))
+        .arg("--data-dir")
+        .arg(data_dir)
+        .env_remove("RUST_LOG")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true);
+    for (key, _) in std::env::vars() {
+        if key.starts_with("WHISPER__") {
+            cmd.env_remove(key);
+        }
+    }
+    cmd
+}
+
+async fn chat(mut cmd: Command, input: &str, timeout: Duration) -> Output {
+    let mut child = cmd
+        .args(["chat", "--user", "tester"])
+        .spawn()
+        .expect("binary starts");
+    let mut stdin = child.stdin.take().unwrap();
+    stdin.write_all(input.as_bytes()).await.unwrap();
+    drop(stdin);
+    tokio::time::timeout(timeout, child.wait_with_output())
+        .await
+        .expect("chat finishes in time")
+        .unwrap()
+}
+
+fn text(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}
+
+/// Two runs of the binary on one data directory: the second run's prompt carries the first
+/// run's turn, read back from SQLite.
+#[tokio::test(flavor = "multi_thread")]
+async fn history_persists_across_runs_of_the_binary() {
+    let llm = ScriptedLlm::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let with_llm = || {
+        let mut cmd = command(dir.path());
+        cmd.env("WHISPER__LLM__BASE_URL", llm.base_url())
+            .env("WHISPER__LLM__MODEL", "scripted");
+        cmd
+    };
+
+    let out = chat(
+        with_llm(),
+        "My favourite colour is teal\n",
+        Duration::from_secs(30),
+    )
+    .await;
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert_eq!(text(&out.stdout), "echo: My favourite colour is teal\n");
+
+    let out = chat(
+        with_llm(),
+        "What is my favourite colour?\n",
+        Duration::from_secs(30),
+    )
+    .await;
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert_eq!(text(&out.stdout), "echo: What is my favourite colour?\n");
+
+    let requests = llm.requests();
+    assert_eq!(requests.len(), 2);
+    let second = requests[1].contents();
+    assert!(
+        second.contains(&"My favourite colour is teal".to_owned()),
+        "{second:?}"
+    );
+    assert!(
+        second.contains(&"echo: My favourite colour is teal".to_owned()),
+        "{second:?}"
+    );
+    assert!(
+        requests[1].contents()[0].contains("Messages so far: 1."),
+        "profile: {second:?}"
+    );
+}
+
+/// The embedded default end to end: no endpoint configured, so the binary starts the
+/// provisioned llama-server with SmolLM2 and streams a real reply.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_embedded_default_answers_with_the_local_model() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = whisperengine::config::cache_dir().join("llama/bin/llama-server");
+    assert!(
+        server.is_file(),
+        "{} is missing: run ./bot.sh provision",
+        server.display()
+    );
+    let mut cmd = command(dir.path());
+    cmd.env("WHISPER__CHARACTERS__DEFAULT", "marlowe");
+    let out = chat(cmd, "Hello! Who are you?\n", Duration::from_secs(180)).await;
+    let stderr = text(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    let stdout = text(&out.stdout);
+    let lines: Vec<&str> = stdout.lines().collect();
+    assert_eq!(lines.len(), 1, "one reply line: {stdout:?}");
+    assert!(!lines[0].trim().is_empty(), "a non-empty reply");
+    assert!(
+        !lines[0].starts_with("Sorry"),
+        "not an apology: {stdout}\n{stderr}"
+    );
+    assert!(stderr.contains("local model server is up"), "{stderr}");
+    // More than one update means the reply was streamed, not delivered whole.
+    let updates: u32 = stderr
+        .lines()
+        .find_map(|l| l.split("updates=").nth(1))
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|v| v.parse().ok())
+        .expect("the reply log line reports its updates");
+    assert!(updates >= 2, "streamed in {updates} updates\n{stderr}");
+}
+
+async fn config_check(dir: &Path, file: Option<&Path>, env: &[(&str, &str)]) -> Output {
+    let mut cmd = command(dir);
+    if let Some(file) = file {
+        cmd.arg("--config").arg(file);
+    }
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    cmd.args(["config", "check"]).output().await.unwrap()
+}
+
+#[tokio::test]
+async fn config_errors_name_the_key_and_the_source() {
+    let dir = tempfile::tempdir().unwrap();
+    let ok = config_check(
+        dir.path(),
+        None,
+        &[("WHISPER__LLM__API_KEY", "sk-very-secret")],
+    )
+    .await;
+    assert!(ok.status.success(), "{}", text(&ok.stderr));
+    let printed = text(&ok.stdout);
+    assert!(printed.contains("api_key = \"<redacted>\"") && !printed.contains("sk-very-secret"));
+
+    let wrong_type = dir.path().join("wrong-type.toml");
+    std::fs::write(&wrong_type, "[runtime]\nshards = \"four\"\n").unwrap();
+    let out = config_check(dir.path(), Some(&wrong_type), &[]).await;
+    let err = text(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        err.contains("wrong-type.toml")
+            && err.contains("`runtime.shards`")
+            && err.contains("expected u32"),
+        "{err}"
+    );
+
+    let unknown = dir.path().join("unknown.toml");
+    std::fs::write(&unknown, "[pools]\nhistroy = 4\n").unwrap();
+    let out = config_check(dir.path(), Some(&unknown), &[]).await;
+    let err = text(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        err.contains("unknown.toml")
+            && err.contains("`pools.histroy`")
+            && err.contains("unknown key"),
+        "{err}"
+    );
+
+    let out = config_check(
+        dir.path(),
+        None,
+        &[("WHISPER__STREAMING__EDIT_INTERVAL", "soon")],
+    )
+    .await;
+    let err = text(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        err.contains("WHISPER__STREAMING__EDIT_INTERVAL")
+            && err.contains("`streaming.edit_interval`"),
+        "{err}"
+    );
+
+    let out = config_check(dir.path(), None, &[("WHISPER__RUNTIME__SHARDS", "0")]).await;
+    let err = text(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        err.contains("`runtime.shards`") && err.contains("greater than zero"),
+        "{err}"
+    );
+}
+
+#[tokio::test]
+async fn status_reports_when_nothing_is_running() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = command(dir.path()).arg("status").output().await.unwrap();
+    assert_eq!(out.status.code(), Some(3));
+    assert!(
+        text(&out.stdout).contains("no running whisperengine"),
+        "{}",
+        text(&out.stdout)
+    );
+}

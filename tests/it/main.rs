@@ -1,0 +1,21 @@
+//! Integration tests: the real application (actors, SQLite, async-openai over a socket) against
+//! a scripted OpenAI-compatible server, and the real binary, including against llama-server.
+
+#[path = "../support/mod.rs"]
+mod support;
+
+mod binary;
+mod cancellation;
+mod classifier;
+mod context;
+mod embeddings;
+mod facts;
+mod fast_track;
+mod forget;
+mod llm_errors;
+mod local_llm;
+mod memory;
+mod ordering;
+mod passivation;
+mod streaming;
+mod supervision;

@@ -1,0 +1,7 @@
+//! Shared test support: a scripted OpenAI-compatible server and helpers that start the real
+//! application around it.
+
+#![allow(dead_code)]
+
+pub mod app;
+pub mod openai_server;

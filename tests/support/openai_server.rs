@@ -1,0 +1,267 @@
+//! A local OpenAI-compatible streaming server with scripted behaviour.
+//!
+//! It speaks the real protocol (`POST /v1/chat/completions`, server-sent events with
+//! `chat.completion.chunk` objects and a final `[DONE]`), so the production async-openai
+//! client talks to it over a socket exactly as it would to a hosted API. Each request takes the
+//! next scripted [`Behavior`]; with the script empty it echoes the last user message, which
+//! lets tests check that each reply answers the right message.
+
+use std::collections::VecDeque;
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use axum::Router;
+use axum::body::{Body, Bytes};
+use axum::extract::State;
+use axum::http::{StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::post;
+use axum::serve::ListenerExt;
+use futures::StreamExt;
+use serde_json::{Value, json};
+
+#[derive(Clone, Debug)]
+pub enum Behavior {
+    /// Stream `tokens`, waiting `first_delay` before the first and `delay` between the others.
+    Stream {
+        tokens: Vec<String>,
+        first_delay: Duration,
+        delay: Duration,
+    },
+    /// Answer with this HTTP status and an OpenAI-style error body.
+    Status(u16),
+    /// Accept the request and never answer.
+    Hang,
+}
+
+impl Behavior {
+    pub fn tokens(tokens: &[&str], delay: Duration) -> Self {
+        Behavior::Stream {
+            tokens: tokens.iter().map(|t| t.to_string()).collect(),
+            first_delay: Duration::ZERO,
+            delay,
+        }
+    }
+}
+
+#[derive(Clone, Debug)]
+pub struct Recorded {
+    pub body: Value,
+    pub at: Instant,
+}
+
+impl Recorded {
+    /// All message contents of the request, in order.
+    pub fn contents(&self) -> Vec<String> {
+        self.body["messages"]
+            .as_array()
+            .map(|m| {
+                m.iter()
+                    .map(|m| m["content"].as_str().unwrap_or_default().to_owned())
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
+    pub fn last_user_message(&self) -> String {
+        self.contents().last().cloned().unwrap_or_default()
+    }
+}
+
+/// How the server answers a fact-extraction request for a given user message.
+#[derive(Clone, Debug)]
+pub enum FactsAnswer {
+    Text(String),
+    Hang,
+}
+
+#[derive(Default)]
+struct Shared {
+    script: Mutex<VecDeque<Behavior>>,
+    requests: Mutex<Vec<Recorded>>,
+    fact_requests: Mutex<Vec<Recorded>>,
+    summary_requests: Mutex<Vec<Recorded>>,
+    facts: Mutex<std::collections::HashMap<String, FactsAnswer>>,
+    echo_delay: Mutex<Duration>,
+}
+
+#[derive(Clone)]
+pub struct ScriptedLlm {
+    pub addr: SocketAddr,
+    shared: Arc<Shared>,
+}
+
+impl ScriptedLlm {
+    /// Starts the server on a free loopback port, on the current tokio runtime.
+    pub async fn start() -> Self {
+        let shared = Arc::new(Shared::default());
+        let app = Router::new()
+            .route("/v1/chat/completions", post(completions))
+            .with_state(shared.clone());
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        // Like real model servers, send each event at once (no Nagle delay on small writes).
+        let listener = listener.tap_io(|tcp| {
+            let _ = tcp.set_nodelay(true);
+        });
+        tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+        ScriptedLlm { addr, shared }
+    }
+
+    pub fn base_url(&self) -> String {
+        format!("http://{}/v1", self.addr)
+    }
+
+    /// Queues behaviours for the next requests, in order.
+    pub fn script(&self, behaviors: impl IntoIterator<Item = Behavior>) {
+        self.shared.script.lock().unwrap().extend(behaviors);
+    }
+
+    /// Delay between echoed tokens when the script is empty.
+    pub fn set_echo_delay(&self, delay: Duration) {
+        *self.shared.echo_delay.lock().unwrap() = delay;
+    }
+
+    /// Chat requests (fact-extraction requests are kept apart, see `fact_requests`).
+    pub fn requests(&self) -> Vec<Recorded> {
+        self.shared.requests.lock().unwrap().clone()
+    }
+
+    /// Summary requests; each is answered "Summary: " plus the transcript's first user line.
+    pub fn summary_requests(&self) -> Vec<Recorded> {
+        self.shared.summary_requests.lock().unwrap().clone()
+    }
+
+    pub fn fact_requests(&self) -> Vec<Recorded> {
+        self.shared.fact_requests.lock().unwrap().clone()
+    }
+
+    /// How to answer fact extraction for `message` (default: `[]`, nothing to extract).
+    pub fn facts_for(&self, message: &str, answer: FactsAnswer) {
+        self.shared
+            .facts
+            .lock()
+            .unwrap()
+            .insert(message.to_owned(), answer);
+    }
+}
+
+fn chunk(content: Option<&str>, finish: Option<&str>) -> Bytes {
+    let delta = match content {
+        Some(c) => json!({ "role": "assistant", "content": c }),
+        None => json!({}),
+    };
+    let body = json!({
+        "id": "chatcmpl-test",
+        "object": "chat.completion.chunk",
+        "created": 1_700_000_000u32,
+        "model": "scripted",
+        "choices": [{ "index": 0, "delta": delta, "finish_reason": finish }]
+    });
+    Bytes::from(format!("data: {body}\n\n"))
+}
+
+async fn completions(State(shared): State<Arc<Shared>>, body: String) -> Response {
+    let body: Value = serde_json::from_str(&body).unwrap_or(Value::Null);
+    let recorded = Recorded {
+        body,
+        at: Instant::now(),
+    };
+    if recorded
+        .contents()
+        .first()
+        .is_some_and(|s| s.starts_with("You extract durable facts"))
+    {
+        let answer = shared
+            .facts
+            .lock()
+            .unwrap()
+            .get(&recorded.last_user_message())
+            .cloned();
+        shared.fact_requests.lock().unwrap().push(recorded);
+        return match answer.unwrap_or(FactsAnswer::Text("[]".into())) {
+            FactsAnswer::Hang => {
+                std::future::pending::<()>().await;
+                unreachable!()
+            }
+            FactsAnswer::Text(text) => stream_response(vec![text], Duration::ZERO, Duration::ZERO),
+        };
+    }
+    if recorded
+        .contents()
+        .first()
+        .is_some_and(|s| s.starts_with("Summarise this conversation"))
+    {
+        let transcript = recorded.last_user_message();
+        let first = transcript
+            .lines()
+            .next()
+            .unwrap_or_default()
+            .trim_start_matches("User: ")
+            .to_owned();
+        shared.summary_requests.lock().unwrap().push(recorded);
+        return stream_response(
+            vec![format!("Summary: {first}")],
+            Duration::ZERO,
+            Duration::ZERO,
+        );
+    }
+    let next = shared.script.lock().unwrap().pop_front();
+    let behavior = next.unwrap_or_else(|| {
+        let last = recorded.last_user_message();
+        let tokens = format!("echo: {last}")
+            .split_inclusive(' ')
+            .map(str::to_owned)
+            .collect();
+        Behavior::Stream {
+            tokens,
+            first_delay: Duration::ZERO,
+            delay: *shared.echo_delay.lock().unwrap(),
+        }
+    });
+    shared.requests.lock().unwrap().push(recorded);
+    match behavior {
+        Behavior::Status(code) => {
+            let status = StatusCode::from_u16(code).unwrap();
+            let body = json!({ "error": { "message": format!("scripted {code}"), "type": "server_error", "param": null, "code": null } });
+            (
+                status,
+                [(header::CONTENT_TYPE, "application/json")],
+                body.to_string(),
+            )
+                .into_response()
+        }
+        Behavior::Hang => {
+            std::future::pending::<()>().await;
+            unreachable!()
+        }
+        Behavior::Stream {
+            tokens,
+            first_delay,
+            delay,
+        } => stream_response(tokens, first_delay, delay),
+    }
+}
+
+fn stream_response(tokens: Vec<String>, first_delay: Duration, delay: Duration) -> Response {
+    let events = futures::stream::iter(tokens.into_iter().enumerate())
+        .then(move |(i, token)| async move {
+            let wait = if i == 0 { first_delay } else { delay };
+            // Even a zero sleep waits for the timer's next 1 ms tick: skip it.
+            if !wait.is_zero() {
+                tokio::time::sleep(wait).await;
+            }
+            Ok::<_, Infallible>(chunk(Some(&token), None))
+        })
+        .chain(futures::stream::iter([
+            Ok(chunk(None, Some("stop"))),
+            Ok(Bytes::from_static(b"data: [DONE]\n\n")),
+        ]));
+    Response::builder()
+        .header(header::CONTENT_TYPE, "text/event-stream")
+        .header(header::CACHE_CONTROL, "no-cache")
+        .body(Body::from_stream(events))
+        .unwrap()
+}
