@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use actix::prelude::*;
 use async_trait::async_trait;
-use rusqlite::{Connection, OptionalExtension, params};
+use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
 use rusqlite_migration::{M, Migrations};
 use tracing::error;
 use whisper_actors::ports::{HistoryStore, Profile, StoreError, Turn};
@@ -112,6 +112,9 @@ pub enum OpenError {
     },
 }
 
+/// Every store opens its own connections to the one file. Write transactions must be
+/// `BEGIN IMMEDIATE`: a deferred one that reads first cannot upgrade to a writer once another
+/// connection has committed (WAL answers SQLITE_BUSY at once, without waiting out the timeout).
 pub(crate) fn open_connection(path: &Path) -> Result<Connection, rusqlite::Error> {
     let conn = Connection::open(path)?;
     conn.busy_timeout(Duration::from_secs(5))?;
@@ -253,7 +256,7 @@ impl Handler<ForgetUser> for Worker {
 
     fn handle(&mut self, ForgetUser(user): ForgetUser, _: &mut Self::Context) -> Self::Result {
         self.conn.run("forget user", |conn| {
-            let tx = conn.transaction()?;
+            let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
             let turns = tx.execute("DELETE FROM turns WHERE user_id = ?1", [&user])?;
             let profiles = tx.execute("DELETE FROM profiles WHERE user_id = ?1", [&user])?;
             tx.commit()?;
@@ -329,7 +332,7 @@ impl Handler<RecordTurn> for Worker {
     fn handle(&mut self, msg: RecordTurn, _: &mut Self::Context) -> Self::Result {
         let turn = msg.turn;
         self.conn.run("record turn", |conn| {
-            let tx = conn.transaction()?;
+            let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
             tx.prepare_cached(
                 "INSERT INTO turns (character, user_id, scope, user_message, reply, created_at_ms, replied_at_ms)
                  VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",

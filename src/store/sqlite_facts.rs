@@ -4,7 +4,7 @@ use std::path::PathBuf;
 
 use actix::prelude::*;
 use async_trait::async_trait;
-use rusqlite::params;
+use rusqlite::{TransactionBehavior, params};
 use whisper_actors::facts::{Fact, FactStore, NewFact, USER};
 use whisper_actors::ports::StoreError;
 
@@ -43,7 +43,7 @@ impl Handler<Upsert> for Worker {
 
     fn handle(&mut self, msg: Upsert, _: &mut Self::Context) -> Self::Result {
         self.conn.run("upsert facts", |c| {
-            let tx = c.transaction()?;
+            let tx = c.transaction_with_behavior(TransactionBehavior::Immediate)?;
             let mut stored = 0;
             for f in &msg.facts {
                 let subject = if f.subject.eq_ignore_ascii_case(USER) { USER } else { f.subject.trim() };

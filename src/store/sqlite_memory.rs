@@ -13,7 +13,7 @@ use std::sync::{Arc, Mutex};
 use actix::prelude::*;
 use async_trait::async_trait;
 use lru::LruCache;
-use rusqlite::{Connection, params};
+use rusqlite::{Connection, TransactionBehavior, params};
 use whisper_actors::classify::{dot, normalize};
 use whisper_actors::memory::{Candidate, MemoryChunk, MemoryKind, MemoryQuery, MemoryStore};
 use whisper_actors::ports::{Embedding, StoreError};
@@ -121,7 +121,7 @@ impl Handler<Add> for Worker {
 
     fn handle(&mut self, Add(chunks): Add, _: &mut Self::Context) -> Self::Result {
         self.run("store memories", |conn, cache| {
-            let tx = conn.transaction()?;
+            let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
             let mut inserted = Vec::with_capacity(chunks.len());
             {
                 // OR IGNORE: a job that runs again after a crash finds its chunks already there.
