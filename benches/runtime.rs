@@ -20,7 +20,7 @@ use actix::Actor;
 use async_trait::async_trait;
 use futures::StreamExt;
 use hdrhistogram::Histogram;
-use whisper_actors::ports::{ChatModel, ChatRequest, Embedder, LlmError, TokenStream};
+use whisper_actors::ports::{ChatModel, ChatRequest, Embedder, LlmError, ModelDelta, TokenStream};
 use whisper_actors::sink::ChannelSink;
 use whisper_actors::{ConversationKey, Scope, UserMessage};
 use whisperengine::app::{App, Extras};
@@ -34,7 +34,7 @@ struct InstantModel;
 #[async_trait]
 impl ChatModel for InstantModel {
     async fn stream(&self, _: ChatRequest) -> Result<TokenStream, LlmError> {
-        let tokens = ["Hello", " there", ", friend", "!"].map(|t| Ok(t.to_owned()));
+        let tokens = ["Hello", " there", ", friend", "!"].map(|t| Ok(ModelDelta::from(t)));
         Ok(futures::stream::iter(tokens).boxed())
     }
 }
@@ -43,6 +43,7 @@ fn instant() -> Extras {
     Extras {
         providers: vec![],
         model: Some(Arc::new(InstantModel)),
+        tools: Vec::new(),
     }
 }
 

@@ -29,7 +29,8 @@ use crate::store::sqlite_memory::SqliteMemory;
 use whisper_actors::facts::FactStore;
 use whisper_actors::jobs::{JobQueue, JobSettings};
 use whisper_actors::memory::{MemorySettings, RankSettings};
-use whisper_actors::runtime::FactSettings;
+use whisper_actors::runtime::{FactSettings, ToolSettings};
+use whisper_actors::tools::Tool;
 
 /// Optional parts beyond what the configuration selects: extra context providers (the next
 /// issues' memory and facts providers are wired here; tests use it for fault injection).
@@ -39,6 +40,8 @@ pub struct Extras {
     /// A model to use instead of the configured endpoint (benchmarks isolate the runtime's
     /// own overhead with an in-process model).
     pub model: Option<Arc<dyn ChatModel>>,
+    /// Tools beyond the built-in ones.
+    pub tools: Vec<Arc<dyn Tool>>,
 }
 
 /// What "forget me" deleted, per store.
@@ -201,6 +204,12 @@ impl Settings {
                 min_confidence: self.facts.min_confidence,
                 model: (!self.facts.model.is_empty()).then(|| self.facts.model.clone()),
             },
+            tools: ToolSettings {
+                enabled: self.tools.enabled,
+                max_rounds: self.tools.max_rounds,
+                timeout: self.tools.timeout,
+                summaries: self.tools.summaries,
+            },
             restart: self.restart_policy(),
             llm: LlmPolicy {
                 max_concurrent: self.pools.llm_concurrency,
@@ -308,6 +317,7 @@ impl App {
                 pools,
                 history,
                 extra_providers: extras.providers,
+                extra_tools: extras.tools,
                 embedder,
                 intents,
                 memory: Some(memory),

@@ -76,9 +76,27 @@ fn mentions(text: &str, name: &str) -> bool {
 /// Facts for the prompt: everything current about the user, plus edges around entities the
 /// message names, up to `hops` away.
 pub fn select(facts: &[Fact], message: &str, hops: usize) -> Vec<Fact> {
+    neighbourhood(facts, message, hops, true)
+}
+
+/// Facts around one entity (the `lookup_facts` tool): the edges that touch it and their
+/// neighbours up to `hops` away. "user", "me" or "I" mean the user themself.
+pub fn about(facts: &[Fact], entity: &str, hops: usize) -> Vec<Fact> {
+    let entity = entity.trim();
+    if ["user", "me", "i", "myself"].contains(&entity.to_lowercase().as_str()) {
+        return facts
+            .iter()
+            .filter(|f| f.subject == USER)
+            .cloned()
+            .collect();
+    }
+    neighbourhood(facts, entity, hops, false)
+}
+
+fn neighbourhood(facts: &[Fact], message: &str, hops: usize, with_user: bool) -> Vec<Fact> {
     let text = message.to_lowercase();
     let mut selected: Vec<usize> = (0..facts.len())
-        .filter(|&i| facts[i].subject == USER)
+        .filter(|&i| with_user && facts[i].subject == USER)
         .collect();
     let mut seen: HashSet<String> = HashSet::new();
     let mut frontier: VecDeque<(String, usize)> = VecDeque::new();
@@ -217,6 +235,8 @@ impl JobHandler for FactExtraction {
             frequency_penalty: None,
             presence_penalty: None,
             max_tokens: 256,
+            tools: Vec::new(),
+            tool_choice: Default::default(),
         };
         let answer = complete_in_background(&self.llm, request)
             .await

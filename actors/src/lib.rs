@@ -27,6 +27,7 @@ pub mod sink;
 pub mod stats;
 pub mod streaming;
 pub mod supervision;
+pub mod tools;
 
 pub use character::{Character, CharacterSet, ModelParams};
 pub use key::{ConversationKey, Scope};

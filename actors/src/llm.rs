@@ -16,7 +16,7 @@ use futures::StreamExt;
 use tokio::sync::{Semaphore, mpsc};
 use tracing::{Instrument, debug, info_span, warn};
 
-use crate::ports::{ChatModel, ChatRequest, LlmError};
+use crate::ports::{ChatModel, ChatRequest, LlmError, ModelDelta, ToolCall};
 use crate::stats::RuntimeStats;
 
 #[derive(Clone, Debug, PartialEq)]
@@ -37,6 +37,8 @@ pub struct LlmPolicy {
 #[derive(Debug, PartialEq)]
 pub enum LlmEvent {
     Token(String),
+    /// The model asked for these tools instead of (or after) answering; the round ends.
+    ToolCalls(Vec<ToolCall>),
     Done,
     Failed(LlmError),
 }
@@ -261,10 +263,14 @@ impl Generation {
                 Ok(None) => return Attempt::Completed,
                 Ok(Some(Err(e))) if produced => return Attempt::FailedMidStream(e),
                 Ok(Some(Err(e))) => return Attempt::FailedEarly(e),
-                Ok(Some(Ok(token))) if token.is_empty() => continue,
-                Ok(Some(Ok(token))) => {
+                Ok(Some(Ok(ModelDelta::Text(token)))) if token.is_empty() => continue,
+                Ok(Some(Ok(delta))) => {
                     produced = true;
-                    if self.tx.send(LlmEvent::Token(token)).await.is_err() {
+                    let event = match delta {
+                        ModelDelta::Text(token) => LlmEvent::Token(token),
+                        ModelDelta::ToolCalls(calls) => LlmEvent::ToolCalls(calls),
+                    };
+                    if self.tx.send(event).await.is_err() {
                         return Attempt::Cancelled;
                     }
                 }
@@ -287,6 +293,8 @@ pub async fn complete_in_background(
     loop {
         match events.recv().await {
             Some(LlmEvent::Token(t)) => answer.push_str(&t),
+            // Background requests carry no tools; a stray call is not text.
+            Some(LlmEvent::ToolCalls(_)) => {}
             Some(LlmEvent::Done) => return Ok(answer),
             Some(LlmEvent::Failed(e)) => return Err(e),
             None => return Err(LlmError::Unavailable),

@@ -506,6 +506,8 @@ impl crate::jobs::JobHandler for SummariseHandler {
             frequency_penalty: None,
             presence_penalty: None,
             max_tokens: 160,
+            tools: Vec::new(),
+            tool_choice: Default::default(),
         };
         let summary = crate::llm::complete_in_background(&self.llm, request)
             .await

@@ -88,4 +88,8 @@ pub struct Timings {
     /// The fast-track verdict, when a classifier is configured.
     pub route: Option<crate::classify::Route>,
     pub intent: Option<String>,
+    /// Tool calls the model made, over all rounds.
+    pub tool_calls: u32,
+    /// Time spent running tools (rounds run their calls in parallel).
+    pub tools: Duration,
 }

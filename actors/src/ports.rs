@@ -71,12 +71,20 @@ pub enum Role {
     System,
     User,
     Assistant,
+    /// A tool's answer to one of the assistant's calls.
+    Tool,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct ChatMessage {
     pub role: Role,
     pub content: String,
+    /// The calls an assistant message made (tool rounds only).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub tool_calls: Vec<ToolCall>,
+    /// Which call a `Role::Tool` message answers.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tool_call_id: Option<String>,
 }
 
 impl ChatMessage {
@@ -84,8 +92,53 @@ impl ChatMessage {
         Self {
             role,
             content: content.into(),
+            tool_calls: Vec::new(),
+            tool_call_id: None,
         }
     }
+
+    /// The assistant's turn that asked for tools (with whatever text came before the calls).
+    pub fn tool_request(content: impl Into<String>, calls: Vec<ToolCall>) -> Self {
+        Self {
+            tool_calls: calls,
+            ..Self::new(Role::Assistant, content)
+        }
+    }
+
+    /// A tool's result, answering call `id`.
+    pub fn tool_result(id: impl Into<String>, content: impl Into<String>) -> Self {
+        Self {
+            tool_call_id: Some(id.into()),
+            ..Self::new(Role::Tool, content)
+        }
+    }
+}
+
+/// A function the model may call, described by a JSON schema of its arguments.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ToolSpec {
+    pub name: String,
+    pub description: String,
+    pub parameters: serde_json::Value,
+}
+
+/// One call the model asked for; `arguments` is the model's JSON text, unparsed (it may be
+/// malformed, and the tool says so in its result).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ToolCall {
+    pub id: String,
+    pub name: String,
+    pub arguments: String,
+}
+
+/// Whether the model may call the request's tools this round.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ToolChoice {
+    #[default]
+    Auto,
+    /// Tools stay described (the history holds calls to them) but the model must answer.
+    None,
 }
 
 /// A model request, independent of any client library.
@@ -98,6 +151,9 @@ pub struct ChatRequest {
     pub frequency_penalty: Option<f32>,
     pub presence_penalty: Option<f32>,
     pub max_tokens: u32,
+    /// Tools the model may call (empty: a plain completion).
+    pub tools: Vec<ToolSpec>,
+    pub tool_choice: ToolChoice,
 }
 
 #[derive(Clone, Debug, PartialEq, thiserror::Error)]
@@ -130,8 +186,21 @@ impl LlmError {
     }
 }
 
-/// Text deltas as the model produces them.
-pub type TokenStream = BoxStream<'static, Result<String, LlmError>>;
+/// What a model stream yields: text as it is produced, and, at the end of a tool round, the
+/// complete calls (adapters assemble the fragments that streaming APIs send).
+#[derive(Clone, Debug, PartialEq)]
+pub enum ModelDelta {
+    Text(String),
+    ToolCalls(Vec<ToolCall>),
+}
+
+impl From<&str> for ModelDelta {
+    fn from(text: &str) -> Self {
+        ModelDelta::Text(text.to_owned())
+    }
+}
+
+pub type TokenStream = BoxStream<'static, Result<ModelDelta, LlmError>>;
 
 /// A streaming chat model (any OpenAI-compatible endpoint, in the application crate).
 #[async_trait]

@@ -109,6 +109,8 @@ pub fn build(input: PromptInput<'_>) -> BuiltPrompt {
             frequency_penalty: input.params.frequency_penalty,
             presence_penalty: input.params.presence_penalty,
             max_tokens: input.params.max_tokens,
+            tools: Vec::new(),
+            tool_choice: Default::default(),
         },
         history_turns_used,
         estimated_tokens: input.token_budget - remaining,

@@ -31,6 +31,7 @@ use crate::router::ShardRouter;
 use crate::shard::{Drain, Shard, ShardSettings};
 use crate::stats::{PoolStats, RuntimeStats, StatusSnapshot};
 use crate::supervision::RestartPolicy;
+use crate::tools::{LookupFacts, RecallSummaries, SearchMemories, Tool, Toolbox};
 
 #[derive(Clone, Debug)]
 pub struct RuntimeSettings {
@@ -50,6 +51,7 @@ pub struct RuntimeSettings {
     /// whatever is left runs at the next start).
     pub jobs_shutdown_grace: Duration,
     pub facts: FactSettings,
+    pub tools: ToolSettings,
     pub restart: RestartPolicy,
     pub llm: LlmPolicy,
 }
@@ -71,6 +73,8 @@ pub struct RuntimeParts {
     pub facts: Option<Arc<dyn FactStore>>,
     /// The durable job queue for background work.
     pub jobs: Option<Arc<dyn JobQueue>>,
+    /// Tools beyond the built-in ones (memories, facts, summaries).
+    pub extra_tools: Vec<Arc<dyn Tool>>,
     /// Worker pools the adapters run, shown in status.
     pub pools: Vec<(String, Arc<PoolStats>)>,
 }
@@ -85,6 +89,18 @@ pub struct FactSettings {
     pub min_confidence: f32,
     /// Model for extraction; `None` uses the endpoint's default.
     pub model: Option<String>,
+}
+
+/// Which tools the model may call on the full path, and how.
+#[derive(Clone, Debug)]
+pub struct ToolSettings {
+    pub enabled: bool,
+    /// Model rounds that may call tools in one turn (0: tools off).
+    pub max_rounds: u32,
+    /// Deadline for each tool call.
+    pub timeout: Duration,
+    /// Summaries `recall_summaries` returns.
+    pub summaries: usize,
 }
 
 pub struct Runtime {
@@ -148,6 +164,32 @@ impl Runtime {
         }
         providers.extend(parts.extra_providers);
 
+        let mut tools: Vec<Arc<dyn Tool>> = Vec::new();
+        if settings.tools.enabled {
+            if let (Some(store), Some(embedder)) = (&memory, &parts.embedder) {
+                tools.push(Arc::new(SearchMemories {
+                    store: store.clone(),
+                    embedder: embedder.clone(),
+                    rank: settings.memory.rank.clone(),
+                    guild_memories_in_dm: settings.memory.guild_memories_in_dm,
+                }));
+                tools.push(Arc::new(RecallSummaries {
+                    store: store.clone(),
+                    embedder: embedder.clone(),
+                    guild_memories_in_dm: settings.memory.guild_memories_in_dm,
+                    limit: settings.tools.summaries,
+                }));
+            }
+            if let Some(store) = &parts.facts {
+                tools.push(Arc::new(LookupFacts {
+                    store: store.clone(),
+                    hops: settings.facts.hops,
+                }));
+            }
+            tools.extend(parts.extra_tools);
+        }
+        let toolbox = Toolbox::new(tools, settings.tools.max_rounds, settings.tools.timeout);
+
         let jobs = parts.jobs.map(|queue| {
             let mut handlers: Vec<Arc<dyn JobHandler>> = Vec::new();
             if let (Some(store), Some(embedder)) = (&memory, &parts.embedder) {
@@ -186,6 +228,7 @@ impl Runtime {
             extract_facts: settings.facts.extract && parts.facts.is_some(),
             summarise_every: Some(settings.memory.summarise_every),
             providers,
+            tools: (!toolbox.is_empty()).then(|| Arc::new(toolbox)),
             history: parts.history,
             llm,
             settings: ConversationSettings {

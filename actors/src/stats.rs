@@ -64,6 +64,8 @@ pub struct PipelineStats {
     pub failed_replies: Gauge,
     pub degraded_context: Gauge,
     pub store_write_failures: Gauge,
+    pub tool_calls: Gauge,
+    pub tool_failures: Gauge,
 }
 
 /// A fixed-size worker pool's view (history store workers and the like).
@@ -137,6 +139,8 @@ impl RuntimeStats {
             failed_replies: self.pipeline.failed_replies.get(),
             degraded_context: self.pipeline.degraded_context.get(),
             store_write_failures: self.pipeline.store_write_failures.get(),
+            tool_calls: self.pipeline.tool_calls.get(),
+            tool_failures: self.pipeline.tool_failures.get(),
         }
     }
 }
@@ -186,6 +190,10 @@ pub struct StatusSnapshot {
     pub failed_replies: u64,
     pub degraded_context: u64,
     pub store_write_failures: u64,
+    #[serde(default)]
+    pub tool_calls: u64,
+    #[serde(default)]
+    pub tool_failures: u64,
 }
 
 impl StatusSnapshot {

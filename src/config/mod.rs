@@ -35,6 +35,7 @@ pub struct Settings {
     pub classifier: ClassifierSection,
     pub memory: MemorySection,
     pub facts: FactsSection,
+    pub tools: ToolsSection,
     pub jobs: JobsSection,
     pub streaming: StreamingSection,
     pub storage: StorageSection,
@@ -147,6 +148,16 @@ pub struct FactsSection {
     pub min_confidence: f32,
     pub hops: usize,
     pub single_valued: Vec<String>,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ToolsSection {
+    pub enabled: bool,
+    pub max_rounds: u32,
+    #[serde(with = "humantime_serde")]
+    pub timeout: Duration,
+    pub summaries: usize,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -268,7 +279,8 @@ pub fn load(overrides: &Overrides) -> Result<Loaded, ConfigError> {
 
 fn validate(loaded: &Loaded) -> Result<(), ConfigError> {
     let s = &loaded.settings;
-    let positive: [(&str, u64); 17] = [
+    let positive: [(&str, u64); 18] = [
+        ("tools.summaries", s.tools.summaries as u64),
         ("runtime.shards", s.runtime.shards as u64),
         ("runtime.virtual_nodes", s.runtime.virtual_nodes as u64),
         (
@@ -308,6 +320,7 @@ fn validate(loaded: &Loaded) -> Result<(), ConfigError> {
         ("memory.recency_half_life", s.memory.recency_half_life),
         ("context.facts_deadline", s.context.facts_deadline),
         ("jobs.lease", s.jobs.lease),
+        ("tools.timeout", s.tools.timeout),
         ("jobs.poll_interval", s.jobs.poll_interval),
     ];
     for (key, value) in durations {

@@ -8,13 +8,19 @@ use async_openai::config::OpenAIConfig;
 use async_openai::error::OpenAIError;
 use async_openai::middleware::ReqwestService;
 use async_openai::types::chat::{
-    ChatCompletionRequestAssistantMessage, ChatCompletionRequestMessage,
-    ChatCompletionRequestSystemMessage, ChatCompletionRequestUserMessage,
-    CreateChatCompletionRequest,
+    ChatCompletionMessageToolCall, ChatCompletionMessageToolCallChunk,
+    ChatCompletionMessageToolCalls, ChatCompletionRequestAssistantMessage,
+    ChatCompletionRequestMessage, ChatCompletionRequestSystemMessage,
+    ChatCompletionRequestToolMessage, ChatCompletionRequestUserMessage, ChatCompletionTool,
+    ChatCompletionToolChoiceOption, ChatCompletionTools, CreateChatCompletionRequest, FunctionCall,
+    FunctionObject, ToolChoiceOptions,
 };
 use async_trait::async_trait;
 use futures::StreamExt;
-use whisper_actors::ports::{ChatModel, ChatRequest, LlmError, Role, TokenStream};
+use whisper_actors::ports::{
+    ChatMessage, ChatModel, ChatRequest, LlmError, ModelDelta, Role, TokenStream, ToolCall,
+    ToolChoice,
+};
 
 pub struct OpenAiChat {
     client: Client<OpenAIConfig>,
@@ -50,21 +56,29 @@ impl OpenAiChat {
     }
 
     fn to_request(&self, request: ChatRequest) -> CreateChatCompletionRequest {
-        let messages = request
-            .messages
-            .into_iter()
-            .map(|m| match m.role {
-                Role::System => ChatCompletionRequestMessage::System(
-                    ChatCompletionRequestSystemMessage::from(m.content),
-                ),
-                Role::User => ChatCompletionRequestMessage::User(
-                    ChatCompletionRequestUserMessage::from(m.content),
-                ),
-                Role::Assistant => ChatCompletionRequestMessage::Assistant(
-                    ChatCompletionRequestAssistantMessage::from(m.content),
-                ),
+        let messages = request.messages.into_iter().map(to_message).collect();
+        let tools = (!request.tools.is_empty()).then(|| {
+            request
+                .tools
+                .into_iter()
+                .map(|t| {
+                    ChatCompletionTools::Function(ChatCompletionTool {
+                        function: FunctionObject {
+                            name: t.name,
+                            description: Some(t.description),
+                            parameters: Some(t.parameters),
+                            strict: None,
+                        },
+                    })
+                })
+                .collect::<Vec<_>>()
+        });
+        let tool_choice = tools.as_ref().map(|_| {
+            ChatCompletionToolChoiceOption::Mode(match request.tool_choice {
+                ToolChoice::Auto => ToolChoiceOptions::Auto,
+                ToolChoice::None => ToolChoiceOptions::None,
             })
-            .collect();
+        });
         CreateChatCompletionRequest {
             model: request.model.unwrap_or_else(|| self.default_model.clone()),
             messages,
@@ -74,8 +88,102 @@ impl OpenAiChat {
             presence_penalty: request.presence_penalty,
             max_completion_tokens: Some(request.max_tokens),
             stream: Some(true),
+            tools,
+            tool_choice,
             ..Default::default()
         }
+    }
+}
+
+fn to_message(m: ChatMessage) -> ChatCompletionRequestMessage {
+    match m.role {
+        Role::System => ChatCompletionRequestMessage::System(
+            ChatCompletionRequestSystemMessage::from(m.content),
+        ),
+        Role::User => {
+            ChatCompletionRequestMessage::User(ChatCompletionRequestUserMessage::from(m.content))
+        }
+        Role::Assistant if m.tool_calls.is_empty() => ChatCompletionRequestMessage::Assistant(
+            ChatCompletionRequestAssistantMessage::from(m.content),
+        ),
+        Role::Assistant => {
+            let calls = m
+                .tool_calls
+                .into_iter()
+                .map(|c| {
+                    ChatCompletionMessageToolCalls::Function(ChatCompletionMessageToolCall {
+                        id: c.id,
+                        function: FunctionCall {
+                            name: c.name,
+                            arguments: c.arguments,
+                        },
+                    })
+                })
+                .collect();
+            ChatCompletionRequestMessage::Assistant(ChatCompletionRequestAssistantMessage {
+                content: (!m.content.is_empty()).then(|| m.content.into()),
+                tool_calls: Some(calls),
+                ..Default::default()
+            })
+        }
+        Role::Tool => ChatCompletionRequestMessage::Tool(ChatCompletionRequestToolMessage {
+            content: m.content.into(),
+            tool_call_id: m.tool_call_id.unwrap_or_default(),
+        }),
+    }
+}
+
+/// Streaming APIs send a tool call in fragments (its id and name first, the JSON arguments in
+/// pieces), several calls interleaved by `index`; they are whole only when the stream ends.
+#[derive(Default)]
+struct ToolCallAssembler {
+    calls: Vec<(u32, ToolCall)>,
+}
+
+impl ToolCallAssembler {
+    fn absorb(&mut self, chunks: Vec<ChatCompletionMessageToolCallChunk>) {
+        for chunk in chunks {
+            let at = match self.calls.iter().position(|(i, _)| *i == chunk.index) {
+                Some(at) => at,
+                None => {
+                    self.calls.push((
+                        chunk.index,
+                        ToolCall {
+                            id: String::new(),
+                            name: String::new(),
+                            arguments: String::new(),
+                        },
+                    ));
+                    self.calls.len() - 1
+                }
+            };
+            let call = &mut self.calls[at].1;
+            if let Some(id) = chunk.id {
+                call.id = id;
+            }
+            if let Some(function) = chunk.function {
+                if let Some(name) = function.name {
+                    call.name.push_str(&name);
+                }
+                if let Some(arguments) = function.arguments {
+                    call.arguments.push_str(&arguments);
+                }
+            }
+        }
+    }
+
+    /// The finished calls in index order; a server that sent no id gets one made up.
+    fn finish(&mut self) -> Vec<ToolCall> {
+        self.calls.sort_by_key(|(i, _)| *i);
+        self.calls
+            .drain(..)
+            .map(|(i, mut call)| {
+                if call.id.is_empty() {
+                    call.id = format!("call_{i}");
+                }
+                call
+            })
+            .collect()
     }
 }
 
@@ -133,16 +241,41 @@ impl ChatModel for OpenAiChat {
             .create_stream(request)
             .await
             .map_err(classify)?;
-        Ok(stream
-            .map(|chunk| {
-                chunk.map_err(classify).map(|chunk| {
-                    chunk
-                        .choices
-                        .into_iter()
-                        .filter_map(|choice| choice.delta.content)
-                        .collect()
-                })
+        let state = (stream, ToolCallAssembler::default(), false);
+        Ok(
+            futures::stream::unfold(state, |(mut stream, mut calls, ended)| async move {
+                if ended {
+                    return None;
+                }
+                loop {
+                    match stream.next().await {
+                        Some(Ok(chunk)) => {
+                            let mut text = String::new();
+                            for choice in chunk.choices {
+                                if let Some(content) = choice.delta.content {
+                                    text.push_str(&content);
+                                }
+                                if let Some(fragments) = choice.delta.tool_calls {
+                                    calls.absorb(fragments);
+                                }
+                            }
+                            if !text.is_empty() {
+                                return Some((Ok(ModelDelta::Text(text)), (stream, calls, false)));
+                            }
+                        }
+                        Some(Err(e)) => return Some((Err(classify(e)), (stream, calls, true))),
+                        None => {
+                            let finished = calls.finish();
+                            if finished.is_empty() {
+                                return None;
+                            }
+                            let delta = ModelDelta::ToolCalls(finished);
+                            return Some((Ok(delta), (stream, calls, true)));
+                        }
+                    }
+                }
             })
-            .boxed())
+            .boxed(),
+        )
     }
 }

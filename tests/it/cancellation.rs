@@ -19,6 +19,8 @@ fn request() -> ChatRequest {
         frequency_penalty: None,
         presence_penalty: None,
         max_tokens: 64,
+        tools: Vec::new(),
+        tool_choice: Default::default(),
     }
 }
 

@@ -19,3 +19,4 @@ mod ordering;
 mod passivation;
 mod streaming;
 mod supervision;
+mod tools;

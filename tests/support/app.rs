@@ -60,6 +60,7 @@ pub fn extras(providers: Vec<Arc<dyn ContextProvider>>) -> Extras {
     Extras {
         providers,
         model: None,
+        tools: Vec::new(),
     }
 }
 

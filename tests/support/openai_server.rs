@@ -34,9 +34,26 @@ pub enum Behavior {
     Status(u16),
     /// Accept the request and never answer.
     Hang,
+    /// Stream `text` (if any), then call these tools `(name, JSON arguments)`: each call's id and
+    /// name first, then its arguments in fragments interleaved with the other calls', the way
+    /// hosted APIs stream parallel calls.
+    ToolCalls {
+        text: Option<String>,
+        calls: Vec<(String, String)>,
+    },
 }
 
 impl Behavior {
+    pub fn call(calls: &[(&str, &str)]) -> Self {
+        Behavior::ToolCalls {
+            text: None,
+            calls: calls
+                .iter()
+                .map(|(n, a)| (n.to_string(), a.to_string()))
+                .collect(),
+        }
+    }
+
     pub fn tokens(tokens: &[&str], delay: Duration) -> Self {
         Behavior::Stream {
             tokens: tokens.iter().map(|t| t.to_string()).collect(),
@@ -53,6 +70,45 @@ pub struct Recorded {
 }
 
 impl Recorded {
+    /// Names of the tools the request offered.
+    pub fn tool_names(&self) -> Vec<String> {
+        self.body["tools"]
+            .as_array()
+            .map(|t| {
+                t.iter()
+                    .map(|t| {
+                        t["function"]["name"]
+                            .as_str()
+                            .unwrap_or_default()
+                            .to_owned()
+                    })
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
+    pub fn tool_choice(&self) -> Option<String> {
+        self.body["tool_choice"].as_str().map(str::to_owned)
+    }
+
+    /// `(tool_call_id, content)` of every tool result message, in order.
+    pub fn tool_results(&self) -> Vec<(String, String)> {
+        self.body["messages"]
+            .as_array()
+            .map(|m| {
+                m.iter()
+                    .filter(|m| m["role"] == "tool")
+                    .map(|m| {
+                        (
+                            m["tool_call_id"].as_str().unwrap_or_default().to_owned(),
+                            m["content"].as_str().unwrap_or_default().to_owned(),
+                        )
+                    })
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
     /// All message contents of the request, in order.
     pub fn contents(&self) -> Vec<String> {
         self.body["messages"]
@@ -242,7 +298,57 @@ async fn completions(State(shared): State<Arc<Shared>>, body: String) -> Respons
             first_delay,
             delay,
         } => stream_response(tokens, first_delay, delay),
+        Behavior::ToolCalls { text, calls } => tool_call_response(text, calls),
     }
+}
+
+fn tool_chunk(delta: Value, finish: Option<&str>) -> Bytes {
+    let body = json!({
+        "id": "chatcmpl-test",
+        "object": "chat.completion.chunk",
+        "created": 1_700_000_000u32,
+        "model": "scripted",
+        "choices": [{ "index": 0, "delta": delta, "finish_reason": finish }]
+    });
+    Bytes::from(format!("data: {body}\n\n"))
+}
+
+fn tool_call_response(text: Option<String>, calls: Vec<(String, String)>) -> Response {
+    let mut events = Vec::new();
+    if let Some(text) = text {
+        events.push(chunk(Some(&text), None));
+    }
+    for (i, (name, _)) in calls.iter().enumerate() {
+        events.push(tool_chunk(
+            json!({ "tool_calls": [{ "index": i, "id": format!("call_{name}_{i}"), "type": "function",
+                     "function": { "name": name, "arguments": "" } }] }),
+            None,
+        ));
+    }
+    // Arguments in two fragments per call, the calls interleaved.
+    for half in 0..2 {
+        for (i, (_, arguments)) in calls.iter().enumerate() {
+            let mid = arguments.len() / 2;
+            let part = if half == 0 {
+                &arguments[..mid]
+            } else {
+                &arguments[mid..]
+            };
+            events.push(tool_chunk(
+                json!({ "tool_calls": [{ "index": i, "function": { "arguments": part } }] }),
+                None,
+            ));
+        }
+    }
+    events.push(tool_chunk(json!({}), Some("tool_calls")));
+    events.push(Bytes::from_static(b"data: [DONE]\n\n"));
+    Response::builder()
+        .header(header::CONTENT_TYPE, "text/event-stream")
+        .header(header::CACHE_CONTROL, "no-cache")
+        .body(Body::from_stream(futures::stream::iter(
+            events.into_iter().map(Ok::<_, Infallible>),
+        )))
+        .unwrap()
 }
 
 fn stream_response(tokens: Vec<String>, first_delay: Duration, delay: Duration) -> Response {

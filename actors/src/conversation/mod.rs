@@ -64,6 +64,8 @@ pub struct ConversationDeps {
     /// Summarise every this many turns (with jobs and memory).
     pub summarise_every: Option<u64>,
     pub providers: Vec<Arc<dyn ContextProvider>>,
+    /// Tools the model may call on the full path.
+    pub tools: Option<Arc<crate::tools::Toolbox>>,
     pub history: Arc<dyn HistoryStore>,
     pub llm: Addr<LlmActor>,
     pub settings: ConversationSettings,

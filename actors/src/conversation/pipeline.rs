@@ -16,9 +16,10 @@ use crate::context::{ContextPiece, ContextRequest, PieceKind, gather, no_embeddi
 use crate::key::Scope;
 use crate::llm::Generate;
 use crate::messages::{FailureKind, ReplyStatus, ReplyUpdate, Timings, UserMessage};
-use crate::ports::{LlmError, Profile, Turn};
+use crate::ports::{ChatMessage, LlmError, Profile, ToolChoice, Turn};
 use crate::prompt::{self, PromptInput};
-use crate::streaming::relay;
+use crate::streaming::{Relay, RoundEnd};
+use crate::tools::ToolScope;
 
 pub struct TurnInput {
     pub message: UserMessage,
@@ -194,31 +195,69 @@ async fn run(deps: Arc<ConversationDeps>, input: TurnInput) -> TurnReport {
         });
         final_sent.set(true);
     };
-    let events = match deps.llm.send(Generate::interactive(built.request)).await {
-        Ok(Ok(events)) => events,
-        Ok(Err(error)) => return failed(&deps, report, &error, String::new(), send_final),
-        Err(_) => {
-            return failed(
-                &deps,
-                report,
-                &LlmError::Unavailable,
-                String::new(),
-                send_final,
-            );
-        }
+    //    On the full path the model may call tools: each round's calls run in parallel, their
+    //    results go back to the model, and the round after the last allowed one must answer.
+    let mut request = built.request;
+    let toolbox = deps.tools.as_ref().filter(|_| !fast);
+    if let Some(toolbox) = toolbox {
+        request.tools = toolbox.specs().to_vec();
+    }
+    let tool_scope = ToolScope {
+        key: msg.key.clone(),
+        scope: msg.scope.clone(),
     };
-    let relayed = relay(events, settings.edit_interval, |text| {
+    let mut relay = Relay::new(settings.edit_interval);
+    let mut emit = |text: &str| {
         msg.reply_to.do_send(ReplyUpdate {
             message_id: msg.message_id,
             key: msg.key.clone(),
             text: text.to_owned(),
             status: ReplyStatus::Streaming,
         });
-    })
-    .instrument(info_span!("stream"))
-    .await;
-    timings.first_token = relayed.first_token_at.map(|at| at - msg.received_at);
-    if let Some(error) = relayed.error {
+    };
+    let mut round = 0;
+    let outcome = loop {
+        let tools_left = toolbox.is_some_and(|t| round < t.max_rounds);
+        if !request.tools.is_empty() && !tools_left {
+            request.tool_choice = ToolChoice::None;
+        }
+        let mut events = match deps.llm.send(Generate::interactive(request.clone())).await {
+            Ok(Ok(events)) => events,
+            Ok(Err(error)) => break RoundEnd::Failed(error),
+            Err(_) => break RoundEnd::Failed(LlmError::Unavailable),
+        };
+        let before = relay.text.len();
+        let end = relay
+            .round(&mut events, &mut emit)
+            .instrument(info_span!("stream", round))
+            .await;
+        match (end, toolbox) {
+            (RoundEnd::ToolCalls(calls), Some(toolbox)) if tools_left && !calls.is_empty() => {
+                round += 1;
+                timings.tool_calls += calls.len() as u32;
+                stats.tool_calls.add(calls.len() as u64);
+                let results = toolbox
+                    .run(&tool_scope, &calls)
+                    .instrument(info_span!("tools", round, calls = calls.len()))
+                    .await;
+                timings.tools += results.elapsed;
+                if results.failures > 0 {
+                    stats.tool_failures.add(results.failures as u64);
+                }
+                let said = relay.text[before..].to_owned();
+                request
+                    .messages
+                    .push(ChatMessage::tool_request(said, calls));
+                request.messages.extend(results.messages);
+            }
+            // Calls the model was not allowed to make: what it wrote is the answer.
+            (RoundEnd::ToolCalls(_), _) => break RoundEnd::Done,
+            (end, _) => break end,
+        }
+    };
+    timings.first_token = relay.first_token_at.map(|at| at - msg.received_at);
+    let relayed = relay;
+    if let RoundEnd::Failed(error) = outcome {
         return failed(&deps, report, &error, relayed.text, send_final);
     }
     if relayed.text.trim().is_empty() {
@@ -236,6 +275,8 @@ async fn run(deps: Arc<ConversationDeps>, input: TurnInput) -> TurnReport {
         context_ms = timings.context.as_secs_f64() * 1e3,
         prompt_ready_ms = timings.prompt_ready.as_secs_f64() * 1e3,
         first_token_ms = timings.first_token.map(|d| d.as_secs_f64() * 1e3),
+        tool_calls = timings.tool_calls,
+        tools_ms = timings.tools.as_secs_f64() * 1e3,
         total_ms = timings.total.as_secs_f64() * 1e3,
         updates = timings.updates,
         route = ?timings.route,
