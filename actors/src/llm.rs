@@ -106,8 +106,12 @@ impl Handler<Generate> for LlmActor {
     type Result = Result<mpsc::Receiver<LlmEvent>, LlmError>;
 
     fn handle(&mut self, msg: Generate, _: &mut Self::Context) -> Self::Result {
+        // Generation tasks run on this actor's arbiter thread, so between two messages the
+        // counters are exact: a task moves itself from `queued` to `in_flight` without yielding.
+        // (The semaphore is not: a task admitted a moment ago may not have taken its permit yet.)
         let waiting = self.stats.llm.queued.get() as usize;
-        if self.permits.available_permits() == 0 && waiting >= self.policy.queue_capacity {
+        let admitted = waiting + self.stats.llm.in_flight.get() as usize;
+        if admitted >= self.policy.max_concurrent + self.policy.queue_capacity {
             self.stats.llm.rejected_overloaded.inc();
             return Err(LlmError::Overloaded(waiting));
         }
