@@ -186,6 +186,7 @@ impl Settings {
                 deadline: self.context.memory_deadline,
                 chunk_words: self.memory.chunk_words,
                 summarise_every: self.memory.summarise_every,
+                idle_summary_min_turns: self.memory.idle_summary_min_turns,
             },
             jobs: JobSettings {
                 workers: self.jobs.workers,

@@ -322,6 +322,9 @@ pub struct MemorySettings {
     pub chunk_words: usize,
     /// Summarise a conversation every this many turns (0: never).
     pub summarise_every: u64,
+    /// Summarise when a conversation goes idle with at least this many turns not yet
+    /// summarised (0: never).
+    pub idle_summary_min_turns: u64,
 }
 
 /// A rough importance: first-person statements ("my sister...", "I work...") matter more than

@@ -227,6 +227,7 @@ impl Runtime {
             jobs: jobs.clone(),
             extract_facts: settings.facts.extract && parts.facts.is_some(),
             summarise_every: Some(settings.memory.summarise_every),
+            summarise_when_idle: settings.memory.idle_summary_min_turns,
             providers,
             tools: (!toolbox.is_empty()).then(|| Arc::new(toolbox)),
             history: parts.history,

@@ -121,7 +121,10 @@ impl Shard {
                 .find(|(_, e)| e.pending == 0)
                 .map(|(k, _)| k.clone());
             let Some(victim) = victim else { return false };
-            self.conversations.pop(&victim);
+            if let Some(entry) = self.conversations.pop(&victim) {
+                // Evicted conversations are idle ones: their session ends like a passivation.
+                entry.addr.do_send(crate::conversation::GoingIdle);
+            }
             self.stats().evicted.inc();
             self.stats().live_conversations.dec();
         }
@@ -151,7 +154,9 @@ impl Shard {
             .map(|(k, _)| k.clone())
             .collect();
         for key in idle {
-            self.conversations.pop(&key);
+            if let Some(entry) = self.conversations.pop(&key) {
+                entry.addr.do_send(crate::conversation::GoingIdle);
+            }
             self.stats().passivated.inc();
             self.stats().live_conversations.dec();
             debug!(shard = self.id, %key, "conversation passivated");

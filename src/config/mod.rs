@@ -138,6 +138,7 @@ pub struct MemorySection {
     pub chunk_words: usize,
     pub cached_users: usize,
     pub summarise_every: u64,
+    pub idle_summary_min_turns: u64,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]

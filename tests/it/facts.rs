@@ -4,7 +4,7 @@ use std::time::Duration;
 
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 
-use crate::support::app::{Client, drain, extras, is_done, run_actix, settings, start};
+use crate::support::app::{Client, drain, extras, is_done, run_actix, settings, start, wait_for};
 use crate::support::openai_server::{FactsAnswer, ScriptedLlm};
 
 fn fact(predicate: &str, object: &str) -> FactsAnswer {
@@ -237,6 +237,47 @@ fn conversations_are_summarised_into_memories() {
             system.contains("summary: Summary: I'm training for the Lisbon marathon"),
             "{system}"
         );
+        app.shutdown().await;
+    });
+}
+
+/// When a conversation goes idle, the turns since its last summary are summarised (if there
+/// are at least `memory.idle_summary_min_turns`), so a short session is not forgotten.
+#[test]
+fn an_idle_conversation_is_summarised() {
+    run_actix(|| async {
+        let llm = ScriptedLlm::start().await;
+        let dir = tempfile::tempdir().unwrap();
+        let mut s = settings(dir.path(), &llm.base_url());
+        s.memory.summarise_every = 100;
+        s.memory.idle_summary_min_turns = 2;
+        s.runtime.idle_timeout = Duration::from_millis(300);
+        s.facts.extract = false;
+        let app = start(s, extras(vec![])).await;
+        let mut mia = Client::new("aria", "test:mia");
+        let mut noa = Client::new("aria", "test:noa");
+        for text in [
+            "I start my new job at the bakery on Monday",
+            "I'm nervous about it",
+        ] {
+            assert!(is_done(&mia.ask(&app, text).await));
+        }
+        assert!(is_done(&noa.ask(&app, "just one message from me").await));
+        wait_for(&app, "both conversations passivated", |s| {
+            s.shards.iter().map(|s| s.passivated).sum::<u64>() == 2
+        })
+        .await;
+        drain(&app).await;
+        let summaries = llm.summary_requests();
+        assert_eq!(summaries.len(), 1, "one summary: noa said too little");
+        let transcript = summaries[0].last_user_message();
+        assert!(
+            transcript.contains("bakery") && transcript.contains("nervous"),
+            "{transcript}"
+        );
+        let db = dir.path().join("whisperengine.db");
+        let stored: Vec<String> = query(&db, "SELECT user_id FROM memories WHERE kind = 'summary'");
+        assert_eq!(stored, vec!["test:mia".to_owned()]);
         app.shutdown().await;
     });
 }

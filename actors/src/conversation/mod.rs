@@ -19,7 +19,7 @@ use std::time::{Duration, Instant};
 
 use actix::prelude::*;
 use futures::FutureExt;
-use tracing::{error, info, warn};
+use tracing::{debug, error, info, warn};
 
 use crate::character::CharacterSet;
 use crate::context::ContextProvider;
@@ -63,6 +63,9 @@ pub struct ConversationDeps {
     pub extract_facts: bool,
     /// Summarise every this many turns (with jobs and memory).
     pub summarise_every: Option<u64>,
+    /// When the conversation goes idle with at least this many turns not yet summarised,
+    /// summarise them (0: never).
+    pub summarise_when_idle: u64,
     pub providers: Vec<Arc<dyn ContextProvider>>,
     /// Tools the model may call on the full path.
     pub tools: Option<Arc<crate::tools::Toolbox>>,
@@ -187,6 +190,8 @@ pub struct ConversationActor {
     current: Option<InFlight>,
     warm: WarmState,
     crashes: Option<Box<Crashes>>,
+    /// Turns since the last summary, in the scope of the latest one.
+    unsummarised: Option<(Scope, u16)>,
 }
 
 impl ConversationActor {
@@ -199,6 +204,7 @@ impl ConversationActor {
             current: None,
             warm: WarmState::default(),
             crashes: None,
+            unsummarised: None,
         }
     }
 
@@ -267,6 +273,15 @@ impl ConversationActor {
         }
         if let Some(profile) = report.loaded_profile {
             self.warm.profile = Some(profile.map(Box::new));
+        }
+        if report.summarised {
+            self.unsummarised = None;
+        } else if report.completed.is_some() {
+            self.unsummarised = match self.unsummarised.take() {
+                Some((scope, n)) if scope == report.scope => Some((scope, n.saturating_add(1))),
+                // A new scope: its turns are summarised on their own.
+                _ => Some((report.scope.clone(), 1)),
+            };
         }
         if let Some(turn) = report.completed {
             let replied_at_ms = turn.replied_at_ms;
@@ -362,6 +377,59 @@ impl Supervised for ConversationActor {
         // The restart/escalate decision was already taken in `crashed`.
         self.warm = WarmState::default();
         self.current = None;
+    }
+}
+
+/// From the shard, as it passivates this conversation: the session is over, so its turns not
+/// yet summarised become a durable summary job (the actor stops once it is enqueued).
+#[derive(Message, Debug)]
+#[rtype(result = "()")]
+pub struct GoingIdle;
+
+impl Handler<GoingIdle> for ConversationActor {
+    type Result = ();
+
+    fn handle(&mut self, _: GoingIdle, ctx: &mut Self::Context) {
+        let deps = &self.link.deps;
+        let min = deps.summarise_when_idle;
+        let Some((scope, turns)) = self.unsummarised.take() else {
+            return;
+        };
+        let (Some(jobs), true) = (deps.jobs.clone(), deps.memory.is_some()) else {
+            return;
+        };
+        if min == 0 || u64::from(turns) < min {
+            return;
+        }
+        let at_ms = pipeline::unix_ms();
+        let payload = crate::memory::Summarise {
+            key: self.key.clone(),
+            scope,
+            turns: turns as usize,
+            at_ms,
+        };
+        let job = crate::jobs::NewJob {
+            id: format!(
+                "summarise:idle:{}:{}:{at_ms}",
+                self.key.character, self.key.user
+            ),
+            kind: "summarise".to_owned(),
+            user: self.key.user.to_string(),
+            payload: serde_json::to_string(&payload).expect("job payloads serialise"),
+        };
+        let (key, stats) = (self.key.clone(), deps.stats.clone());
+        ctx.spawn(
+            async move {
+                match jobs.submit(job).await {
+                    Ok(_) => debug!(%key, turns, "idle conversation queued for a summary"),
+                    Err(error) => {
+                        stats.pipeline.store_write_failures.inc();
+                        error!(%key, %error, "could not enqueue the idle summary");
+                    }
+                }
+            }
+            .into_actor(self),
+        );
     }
 }
 

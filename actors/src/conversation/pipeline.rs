@@ -37,6 +37,8 @@ pub struct TurnReport {
     pub loaded_history: Option<Vec<Turn>>,
     pub loaded_profile: Option<Option<Profile>>,
     pub completed: Option<Turn>,
+    /// A summary job covering this turn was enqueued (every `summarise_every` turns).
+    pub summarised: bool,
 }
 
 pub fn unix_ms() -> i64 {
@@ -90,6 +92,7 @@ async fn run(deps: Arc<ConversationDeps>, input: TurnInput) -> TurnReport {
         loaded_history: None,
         loaded_profile: None,
         completed: None,
+        summarised: false,
     };
 
     // 1. Context, every provider at once, each within its own deadline.
@@ -314,7 +317,8 @@ async fn run(deps: Arc<ConversationDeps>, input: TurnInput) -> TurnReport {
             .or(report.loaded_profile.as_ref())
             .and_then(Option::as_ref)
             .map_or(0, |p| p.message_count);
-        enqueue_background(jobs, &deps, &turn, embedding.await, fast, previous + 1).await;
+        report.summarised =
+            enqueue_background(jobs, &deps, &turn, embedding.await, fast, previous + 1).await;
     } else if let (Some(store), Some(embedder)) = (&deps.memory, &deps.embedder) {
         let vector = embedding.await;
         let remembered = crate::memory::remember_turn(
@@ -353,8 +357,9 @@ fn failed(
     report
 }
 
-/// Durable follow-ups of a turn: remember it, and (full path only) extract facts. Job ids are
-/// derived from the turn, so enqueueing twice stores one job.
+/// Durable follow-ups of a turn: remember it, summarise every `summarise_every` turns, and (full
+/// path only) extract facts. Job ids are derived from the turn, so enqueueing twice stores one
+/// job. Returns whether a summary was enqueued.
 async fn enqueue_background(
     jobs: &crate::jobs::JobSystem,
     deps: &ConversationDeps,
@@ -362,7 +367,8 @@ async fn enqueue_background(
     vector: Option<crate::ports::Embedding>,
     fast: bool,
     turn_number: u64,
-) {
+) -> bool {
+    let mut summarised = false;
     let id = format!(
         "{}:{}:{}",
         turn.key.character, turn.key.user, turn.created_at_ms
@@ -386,6 +392,7 @@ async fn enqueue_background(
             at_ms: turn.replied_at_ms,
         };
         pending.push(("summarise", serde_json::to_string(&payload)));
+        summarised = true;
     }
     if deps.extract_facts && !fast {
         let payload = crate::facts::ExtractFacts {
@@ -405,6 +412,10 @@ async fn enqueue_background(
         if let Err(error) = jobs.submit(job).await {
             deps.stats.pipeline.store_write_failures.inc();
             error!(%error, kind, "could not enqueue a background job; it is lost for this turn");
+            if kind == "summarise" {
+                summarised = false;
+            }
         }
     }
+    summarised
 }
