@@ -4,10 +4,11 @@
 //! the integration tests and benchmarks, so they all exercise the same assembly.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use anyhow::Context as _;
 use tokio::task::JoinHandle;
-use tracing::info;
+use tracing::{info, warn};
 use whisper_actors::ConversationKey;
 use whisper_actors::context::ContextProvider;
 use whisper_actors::llm::LlmPolicy;
@@ -350,10 +351,35 @@ impl App {
 
     /// "Forget me": drops the user's live conversations (and their caches) on every shard,
     /// then deletes their history, profile and memories.
+    /// "Forget me": stops the user's conversations, lets a turn already in flight finish (it
+    /// would otherwise store its turn, memories and facts behind the delete), drops queued jobs,
+    /// waits out the user's running ones, then deletes every store's rows.
     pub async fn forget(&self, user: &str) -> anyhow::Result<ForgetReport> {
-        let live_conversations = self.runtime.router().forget_user(user).await;
+        let grace = self.settings.runtime.shutdown_timeout;
+        let forgotten = self.runtime.router().forget_user(user).await;
+        if !forgotten.finished(grace).await {
+            warn!(
+                user,
+                ?grace,
+                "a turn of the forgotten user is still running; deleting anyway"
+            );
+        }
+        let mut queued_jobs = 0;
+        if let Some(jobs) = self.runtime.jobs() {
+            queued_jobs = self
+                .user_data
+                .jobs
+                .forget_user(user)
+                .await
+                .context("forgetting queued jobs")?;
+            let deadline = tokio::time::Instant::now() + grace;
+            while jobs.running_for(user) > 0 && tokio::time::Instant::now() < deadline {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        }
         let mut report = self.user_data.forget(user).await?;
-        report.live_conversations = live_conversations;
+        report.jobs += queued_jobs;
+        report.live_conversations = forgotten.count();
         info!(user, %report, "user forgotten");
         Ok(report)
     }

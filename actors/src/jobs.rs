@@ -111,6 +111,8 @@ pub struct JobSystem {
     pub settings: JobSettings,
     pub wake: Notify,
     pub stats: Arc<PoolStats>,
+    /// Users whose jobs are running right now ("forget me" waits for them).
+    running: std::sync::Mutex<Vec<String>>,
 }
 
 impl JobSystem {
@@ -127,7 +129,23 @@ impl JobSystem {
             settings,
             wake: Notify::new(),
             stats,
+            running: std::sync::Mutex::new(Vec::new()),
         })
+    }
+
+    /// Jobs of `user` running at this moment.
+    pub fn running_for(&self, user: &str) -> usize {
+        let running = self.running.lock().unwrap_or_else(|e| e.into_inner());
+        running.iter().filter(|u| *u == user).count()
+    }
+
+    fn set_running(&self, user: &str, running: bool) {
+        let mut list = self.running.lock().unwrap_or_else(|e| e.into_inner());
+        if running {
+            list.push(user.to_owned());
+        } else if let Some(at) = list.iter().position(|u| u == user) {
+            list.swap_remove(at);
+        }
     }
 
     /// Enqueues and wakes a worker.
@@ -159,6 +177,7 @@ impl JobSystem {
             }
         };
         self.stats.queue_depth.inc();
+        self.set_running(&job.user, true);
         let span = info_span!("job", id = %job.id, kind = %job.kind, attempt = job.attempt);
         let result = match self.handlers.get(job.kind.as_str()) {
             None => Err(JobError::new(format!(
@@ -178,6 +197,7 @@ impl JobSystem {
             },
         };
         self.stats.queue_depth.dec();
+        self.set_running(&job.user, false);
         let _entered = span.enter();
         match result {
             Ok(()) => {

@@ -7,9 +7,10 @@
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
-use actix::Addr;
+use actix::{Addr, WeakAddr};
 
 use crate::character::CharacterSet;
+use crate::conversation::ConversationActor;
 use crate::key::ConversationKey;
 use crate::messages::UserMessage;
 use crate::ring::HashRing;
@@ -80,15 +81,21 @@ impl ShardRouter {
     }
 
     /// Drops the user's conversation actors on every shard (their cached history and profile
-    /// with them). Part of "forget me"; the stores are cleared by the caller.
-    pub async fn forget_user(&self, user: &str) -> usize {
+    /// with them). Part of "forget me"; the stores are cleared by the caller, after
+    /// [`Forgotten::finished`], so a turn still in flight cannot write behind the delete.
+    pub async fn forget_user(&self, user: &str) -> Forgotten {
         let replies = futures::future::join_all(
             self.shards
                 .iter()
                 .map(|shard| shard.send(ForgetUser(user.to_owned()))),
         )
         .await;
-        replies.into_iter().map(|r| r.unwrap_or(0)).sum()
+        Forgotten {
+            leaving: replies
+                .into_iter()
+                .flat_map(Result::unwrap_or_default)
+                .collect(),
+        }
     }
 
     pub(crate) fn stop_accepting(&self) {
@@ -97,5 +104,33 @@ impl ShardRouter {
 
     pub(crate) fn shards(&self) -> &[Addr<Shard>] {
         &self.shards
+    }
+}
+
+/// The conversations "forget me" dropped. An actor finishing a turn it had started stays
+/// alive (and upgradable) until that turn is stored and its jobs enqueued.
+pub struct Forgotten {
+    leaving: Vec<WeakAddr<ConversationActor>>,
+}
+
+impl Forgotten {
+    /// Conversations that were live.
+    pub fn count(&self) -> usize {
+        self.leaving.len()
+    }
+
+    /// Waits until every dropped conversation has stopped, up to `timeout`; returns whether
+    /// they all did.
+    pub async fn finished(&self, timeout: std::time::Duration) -> bool {
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            if self.leaving.iter().all(|a| a.upgrade().is_none()) {
+                return true;
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return false;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
     }
 }

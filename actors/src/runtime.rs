@@ -279,6 +279,11 @@ impl Runtime {
         }
     }
 
+    /// The background job system, if the runtime has a queue.
+    pub fn jobs(&self) -> Option<&Arc<JobSystem>> {
+        self.jobs.as_ref().map(|(jobs, _)| jobs)
+    }
+
     pub fn router(&self) -> ShardRouter {
         self.router.clone()
     }

@@ -9,6 +9,7 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use actix::WeakAddr;
 use actix::prelude::*;
 use lru::LruCache;
 use tokio::sync::oneshot;
@@ -32,10 +33,9 @@ pub struct ShardSettings {
 #[rtype(result = "()")]
 pub struct Route(pub UserMessage);
 
-/// Drops every conversation actor of `user` (their warm caches go with them). Replies with
-/// how many were dropped.
+/// Drops every conversation actor of `user` (their warm caches go with them).
 #[derive(Message)]
-#[rtype(result = "usize")]
+#[rtype(result = "Vec<WeakAddr<ConversationActor>>")]
 pub struct ForgetUser(pub String);
 
 /// Resolves once no message is in flight on this shard.
@@ -261,19 +261,24 @@ impl Handler<Drain> for Shard {
 }
 
 impl Handler<ForgetUser> for Shard {
-    type Result = usize;
+    type Result = Vec<WeakAddr<ConversationActor>>;
 
-    fn handle(&mut self, ForgetUser(user): ForgetUser, _: &mut Self::Context) -> usize {
+    /// Drops the user's conversations; answers weak addresses that stay upgradable while an
+    /// actor still finishes a turn it had started.
+    fn handle(&mut self, ForgetUser(user): ForgetUser, _: &mut Self::Context) -> Self::Result {
         let keys: Vec<ConversationKey> = self
             .conversations
             .iter()
             .filter(|(k, _)| *k.user == *user)
             .map(|(k, _)| k.clone())
             .collect();
+        let mut leaving = Vec::with_capacity(keys.len());
         for key in &keys {
-            self.conversations.pop(key);
+            if let Some(entry) = self.conversations.pop(key) {
+                leaving.push(entry.addr.downgrade());
+            }
             self.stats().live_conversations.dec();
         }
-        keys.len()
+        leaving
     }
 }

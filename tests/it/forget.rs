@@ -1,7 +1,8 @@
 use std::path::Path;
+use std::time::Duration;
 
 use crate::support::app::{Client, drain, extras, is_done, run_actix, settings, start};
-use crate::support::openai_server::ScriptedLlm;
+use crate::support::openai_server::{Behavior, ScriptedLlm};
 
 fn rows(db: &Path, user: &str) -> Vec<(&'static str, i64)> {
     let conn = rusqlite::Connection::open(db).unwrap();
@@ -64,6 +65,40 @@ fn forget_deletes_everything_about_the_user() {
         assert!(
             !prompt.contains("Pixel") && !prompt.contains("pilot"),
             "{prompt}"
+        );
+        app.shutdown().await;
+    });
+}
+
+/// A reply still streaming when "forget me" arrives finishes, but nothing of it survives: the
+/// forget waits for the turn (which stores it and enqueues its memory and fact jobs), drops
+/// the jobs, waits for running ones, and only then deletes.
+#[test]
+fn forget_during_a_reply_leaves_nothing_behind() {
+    run_actix(|| async {
+        let llm = ScriptedLlm::start().await;
+        llm.script([Behavior::tokens(
+            &["I ", "will ", "remember ", "that ", "forever."],
+            Duration::from_millis(150),
+        )]);
+        let dir = tempfile::tempdir().unwrap();
+        let mut s = settings(dir.path(), &llm.base_url());
+        s.classifier.enabled = false;
+        let app = start(s, extras(vec![])).await;
+        let db = dir.path().join("whisperengine.db");
+        let mut kim = Client::new("aria", "test:kim");
+        let id = kim.send(&app, "my passport number is X1234567");
+        // The reply has started streaming.
+        let first = kim.updates.recv().await.unwrap();
+        assert_eq!(first.message_id, id);
+        assert!(!first.is_final());
+        let report = app.forget("test:kim").await.unwrap();
+        assert_eq!(report.live_conversations, 1);
+        drain(&app).await;
+        assert!(
+            rows(&db, "test:kim").iter().all(|(_, n)| *n == 0),
+            "{:?}",
+            rows(&db, "test:kim")
         );
         app.shutdown().await;
     });
