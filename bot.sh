@@ -24,7 +24,8 @@ whisperengine — an actor-system runtime for AI chatbots with long-term memory
 
 usage: ./bot.sh <command> [args...]
 
-  run [chat args]   provision what is missing, build release, start an interactive chat
+  run [chat args]   provision what is missing, build release, then run the Discord bots in
+                    discord.tokens, or (none configured) an interactive terminal chat
                     (e.g. ./bot.sh run --character aria --user alice)
   test              provision test needs and run the whole test suite
   bench [scenario]  run the runtime benchmarks: overhead, load, idle (default: all)
@@ -189,7 +190,7 @@ cmd_run() {
   if needs_local_llm; then provision; fi
   build_release
   cd "$ROOT"
-  exec "$ROOT/target/release/whisperengine" chat "$@"
+  exec "$ROOT/target/release/whisperengine" run "$@"
 }
 
 cmd_test() {

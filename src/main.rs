@@ -11,6 +11,7 @@ use whisperengine::config::{self, Overrides, Settings};
 use whisperengine::status;
 use whisperengine::telemetry::{self, LogTarget};
 use whisperengine::transport::console::{self, ChatOptions};
+use whisperengine::transport::discord;
 
 #[derive(Parser)]
 #[command(
@@ -31,6 +32,17 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// Run the Discord bots in discord.tokens; without any, chat on the terminal
+    Run {
+        /// Character for the terminal chat [default: characters.default]
+        #[arg(long)]
+        character: Option<String>,
+        /// Your user id for the terminal chat [default: $USER]
+        #[arg(long)]
+        user: Option<String>,
+    },
+    /// Run the Discord bots in discord.tokens until Ctrl-C or SIGTERM
+    Discord,
     /// Chat with a character on the terminal (one reply per line when stdin is not a terminal)
     Chat {
         /// Character id (a file in characters.dir) [default: characters.default]
@@ -147,51 +159,95 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 }
             }
         }
-        Command::Chat { character, user } => {
-            let (settings, characters) = load(&cli)?;
-            let interactive = std::io::stdin().is_terminal() && std::io::stdout().is_terminal();
-            let log_file = settings.storage.data_dir.join("whisperengine.log");
-            let target = if interactive {
-                LogTarget::File(&log_file)
+        Command::Run { character, user } => {
+            let (settings, _) = load(&cli)?;
+            if settings.discord.tokens.is_empty() {
+                chat(&cli, character.clone(), user.clone())
             } else {
-                LogTarget::Stderr
-            };
-            telemetry::init(&settings.logging, target).context("setting up logging")?;
-            let character = character
-                .clone()
-                .unwrap_or_else(|| settings.characters.default.clone());
-            if characters.get(&character).is_none() {
-                anyhow::bail!(
-                    "unknown character {character:?} (have: {})",
-                    characters.ids().collect::<Vec<_>>().join(", ")
-                );
+                discord(&cli)
             }
-            let user = user
-                .clone()
-                .or_else(|| std::env::var("USER").ok())
-                .unwrap_or_else(|| "local".to_owned());
-            let options = ChatOptions {
-                character,
-                display_name: user.clone(),
-                user,
-                interactive,
-            };
-            if interactive {
-                eprintln!("starting… (logs: {})", log_file.display());
-            }
-            let system = actix::System::with_tokio_rt(|| {
-                tokio::runtime::Builder::new_multi_thread()
-                    .enable_all()
-                    .build()
-                    .expect("tokio runtime")
-            });
-            system.block_on(async move {
-                let app = App::start(settings, characters).await?;
-                let result = console::run(&app, options).await;
-                app.shutdown().await;
-                result?;
-                Ok(ExitCode::SUCCESS)
-            })
         }
+        Command::Discord => discord(&cli),
+        Command::Chat { character, user } => chat(&cli, character.clone(), user.clone()),
     }
+}
+
+fn actix_system() -> actix::SystemRunner {
+    actix::System::with_tokio_rt(|| {
+        tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .build()
+            .expect("tokio runtime")
+    })
+}
+
+fn discord(cli: &Cli) -> anyhow::Result<ExitCode> {
+    let (settings, characters) = load(cli)?;
+    if settings.discord.tokens.is_empty() {
+        anyhow::bail!(
+            "no Discord bot configured: set discord.tokens.<character> (e.g. WHISPER__DISCORD__TOKENS__ARIA)"
+        );
+    }
+    telemetry::init(&settings.logging, LogTarget::Stderr).context("setting up logging")?;
+    actix_system().block_on(async move {
+        let app = App::start(settings.clone(), characters).await?;
+        let bots = match discord::start(&app, &settings.discord).await {
+            Ok(bots) => bots,
+            Err(error) => {
+                app.shutdown().await;
+                return Err(error.into());
+            }
+        };
+        whisperengine::transport::wait_for_shutdown().await;
+        bots.shutdown().await;
+        app.shutdown().await;
+        Ok(ExitCode::SUCCESS)
+    })
+}
+
+fn chat(cli: &Cli, character: Option<String>, user: Option<String>) -> anyhow::Result<ExitCode> {
+    let (settings, characters) = load(cli)?;
+    let interactive = std::io::stdin().is_terminal() && std::io::stdout().is_terminal();
+    let log_file = settings.storage.data_dir.join("whisperengine.log");
+    let target = if interactive {
+        LogTarget::File(&log_file)
+    } else {
+        LogTarget::Stderr
+    };
+    telemetry::init(&settings.logging, target).context("setting up logging")?;
+    let character = character
+        .clone()
+        .unwrap_or_else(|| settings.characters.default.clone());
+    if characters.get(&character).is_none() {
+        anyhow::bail!(
+            "unknown character {character:?} (have: {})",
+            characters.ids().collect::<Vec<_>>().join(", ")
+        );
+    }
+    let user = user
+        .clone()
+        .or_else(|| std::env::var("USER").ok())
+        .unwrap_or_else(|| "local".to_owned());
+    let options = ChatOptions {
+        character,
+        display_name: user.clone(),
+        user,
+        interactive,
+    };
+    if interactive {
+        eprintln!("starting… (logs: {})", log_file.display());
+    }
+    let system = actix::System::with_tokio_rt(|| {
+        tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .build()
+            .expect("tokio runtime")
+    });
+    system.block_on(async move {
+        let app = App::start(settings, characters).await?;
+        let result = console::run(&app, options).await;
+        app.shutdown().await;
+        result?;
+        Ok(ExitCode::SUCCESS)
+    })
 }

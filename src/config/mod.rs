@@ -38,6 +38,7 @@ pub struct Settings {
     pub tools: ToolsSection,
     pub jobs: JobsSection,
     pub streaming: StreamingSection,
+    pub discord: DiscordSection,
     pub storage: StorageSection,
     pub characters: CharactersSection,
     pub logging: LoggingSection,
@@ -149,6 +150,42 @@ pub struct FactsSection {
     pub min_confidence: f32,
     pub hops: usize,
     pub single_valued: Vec<String>,
+}
+
+/// Who may talk to the bots in direct messages.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DmPolicy {
+    Off,
+    Allowlist,
+    Open,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DiscordSection {
+    /// Character id to bot token: one Discord bot per character, all in this process.
+    pub tokens: std::collections::BTreeMap<String, String>,
+    /// Where the Discord API is; empty for discord.com (tests point it at an emulator).
+    pub api_url: String,
+    /// serenity's rate limiter (always on against discord.com; it ignores `api_url`).
+    pub ratelimiter: bool,
+    pub ignore_bots: bool,
+    pub dm_policy: DmPolicy,
+    pub dm_allowlist: Vec<u64>,
+    pub open_channels: Vec<u64>,
+    pub allowed_channels: Vec<u64>,
+    pub blocked_channels: Vec<u64>,
+    pub allowed_users: Vec<u64>,
+    pub blocked_users: Vec<u64>,
+    pub allowed_roles: Vec<u64>,
+    pub blocked_roles: Vec<u64>,
+    pub admins: Vec<u64>,
+    pub max_attachment_bytes: u64,
+    /// Writes (sends and edits) allowed per channel in any `channel_window`.
+    pub channel_writes: usize,
+    #[serde(with = "humantime_serde")]
+    pub channel_window: Duration,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -280,7 +317,8 @@ pub fn load(overrides: &Overrides) -> Result<Loaded, ConfigError> {
 
 fn validate(loaded: &Loaded) -> Result<(), ConfigError> {
     let s = &loaded.settings;
-    let positive: [(&str, u64); 18] = [
+    let positive: [(&str, u64); 19] = [
+        ("discord.channel_writes", s.discord.channel_writes as u64),
         ("tools.summaries", s.tools.summaries as u64),
         ("runtime.shards", s.runtime.shards as u64),
         ("runtime.virtual_nodes", s.runtime.virtual_nodes as u64),
@@ -322,6 +360,7 @@ fn validate(loaded: &Loaded) -> Result<(), ConfigError> {
         ("context.facts_deadline", s.context.facts_deadline),
         ("jobs.lease", s.jobs.lease),
         ("tools.timeout", s.tools.timeout),
+        ("discord.channel_window", s.discord.channel_window),
         ("jobs.poll_interval", s.jobs.poll_interval),
     ];
     for (key, value) in durations {
@@ -374,6 +413,9 @@ impl Settings {
     /// A copy safe to print: secrets replaced.
     pub fn redacted(&self) -> Settings {
         let mut copy = self.clone();
+        for token in copy.discord.tokens.values_mut() {
+            *token = "<redacted>".to_owned();
+        }
         if !copy.llm.api_key.is_empty() {
             copy.llm.api_key = "<redacted>".to_owned();
         }

@@ -67,7 +67,7 @@ pub async fn run(app: &App, options: ChatOptions) -> Result<(), ChatError> {
         }
         let line = tokio::select! {
             line = lines.next_line() => line.map_err(ChatError::Stdin)?,
-            _ = shutdown_signal() => None,
+            _ = super::shutdown_signal() => None,
         };
         let Some(line) = line else { break };
         let text = line.trim();
@@ -98,7 +98,7 @@ pub async fn run(app: &App, options: ChatOptions) -> Result<(), ChatError> {
         let reply = tokio::select! {
             reply = await_reply(&mut updates, next_id, options.interactive, &mut stdout) => reply?,
             // Ctrl-C while a reply streams: stop reading; shutdown still lets it finish and be stored.
-            _ = shutdown_signal() => break,
+            _ = super::shutdown_signal() => break,
         };
         if !options.interactive {
             let one_line = reply.split_whitespace().collect::<Vec<_>>().join(" ");
@@ -146,22 +146,6 @@ async fn command(app: &App, key: &ConversationKey, text: &str) -> Option<String>
             Err(e) => format!("error: {e:#}"),
         }),
         _ => None,
-    }
-}
-
-/// Ctrl-C or SIGTERM: both end the chat gracefully (replies in flight finish and are stored).
-async fn shutdown_signal() {
-    use tokio::signal::unix::{SignalKind, signal};
-    match signal(SignalKind::terminate()) {
-        Ok(mut term) => {
-            tokio::select! {
-                _ = tokio::signal::ctrl_c() => {}
-                _ = term.recv() => {}
-            }
-        }
-        Err(_) => {
-            let _ = tokio::signal::ctrl_c().await;
-        }
     }
 }
 

@@ -1,0 +1,183 @@
+//! The serenity event handler of one bot (one character): decides whether a message is for
+//! this bot, gathers what Discord adds to it (the replied-to message, the author's name, text
+//! attachments) and routes it through the ShardRouter like any other message.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use actix::Addr;
+use serenity::all::{Context, EventHandler, Message, Ready, ResumedEvent};
+use serenity::async_trait;
+use tracing::{debug, info, warn};
+use whisper_actors::messages::{FailureKind, ReplyStatus, ReplyUpdate};
+use whisper_actors::{ConversationKey, Scope, ShardRouter, UserMessage};
+
+use super::outbound::{Outbound, Register};
+use super::policy::{Access, Decision, Inbound};
+
+/// Extensions read as text when attached (beyond `text/*` content types).
+const TEXT_EXTENSIONS: [&str; 12] = [
+    "txt", "md", "csv", "json", "log", "toml", "yaml", "yml", "rs", "py", "js", "ts",
+];
+
+pub struct Bot {
+    pub character: String,
+    pub access: Arc<Access>,
+    pub router: ShardRouter,
+    pub outbound: Addr<Outbound>,
+    pub max_attachment_bytes: u64,
+}
+
+/// The user key of a Discord user: the same person across every bot and guild.
+pub fn user_key(user: u64) -> String {
+    format!("discord:{user}")
+}
+
+#[async_trait]
+impl EventHandler for Bot {
+    async fn ready(&self, _: Context, ready: Ready) {
+        info!(character = %self.character, bot = %ready.user.name, guilds = ready.guilds.len(), "connected to Discord");
+    }
+
+    async fn resume(&self, _: Context, _: ResumedEvent) {
+        info!(character = %self.character, "Discord gateway session resumed");
+    }
+
+    async fn message(&self, ctx: Context, msg: Message) {
+        let me = ctx.cache.current_user().id;
+        let (parent, thread_owner) = thread_of(&ctx, &msg);
+        let roles: Vec<u64> = msg
+            .member
+            .as_ref()
+            .map(|m| m.roles.iter().map(|r| r.get()).collect())
+            .unwrap_or_default();
+        let inbound = Inbound {
+            author: msg.author.id.get(),
+            author_is_bot: msg.author.bot,
+            from_self: msg.author.id == me,
+            guild: msg.guild_id.map(|g| g.get()),
+            channel: msg.channel_id.get(),
+            parent_channel: parent,
+            roles: &roles,
+            mentions_me: msg.mentions_user_id(me),
+            replies_to_me: msg
+                .referenced_message
+                .as_ref()
+                .is_some_and(|r| r.author.id == me),
+            in_my_thread: thread_owner == Some(me.get()),
+        };
+        if let Decision::Ignore(why) = self.access.decide(&inbound) {
+            debug!(character = %self.character, message = %msg.id, why, "not answering");
+            return;
+        }
+        let (text, notice) = self.compose(&msg, me.get()).await;
+        if text.trim().is_empty() {
+            return;
+        }
+        let display_name = msg
+            .member
+            .as_ref()
+            .and_then(|m| m.nick.clone())
+            .or_else(|| msg.author.global_name.clone())
+            .unwrap_or_else(|| msg.author.name.clone());
+        let scope = match msg.guild_id {
+            Some(guild) => Scope::Guild(guild.get()),
+            None => Scope::Direct,
+        };
+        let message_id = msg.id.get();
+        self.outbound.do_send(Register {
+            message_id,
+            channel: msg.channel_id.get(),
+            notice,
+        });
+        let key = ConversationKey::new(self.character.as_str(), user_key(msg.author.id.get()));
+        let routed = self.router.route(UserMessage {
+            key: key.clone(),
+            scope,
+            display_name,
+            text,
+            message_id,
+            received_at: Instant::now(),
+            reply_to: self.outbound.clone().recipient(),
+        });
+        if let Err(error) = routed {
+            warn!(%error, "could not route a Discord message");
+            self.outbound.do_send(ReplyUpdate {
+                message_id,
+                key,
+                text: "I'm restarting right now. Please try again in a moment.".into(),
+                status: ReplyStatus::Failed(FailureKind::LlmFailed),
+            });
+        }
+    }
+}
+
+impl Bot {
+    /// The text the character sees, and a notice for attachments it could not read.
+    async fn compose(&self, msg: &Message, me: u64) -> (String, Option<String>) {
+        let mut text = msg
+            .content
+            .replace(&format!("<@{me}>"), "")
+            .replace(&format!("<@!{me}>"), "")
+            .trim()
+            .to_owned();
+        if let Some(replied) = &msg.referenced_message
+            && replied.author.id.get() != me
+            && !replied.content.is_empty()
+        {
+            let who = replied
+                .author
+                .global_name
+                .clone()
+                .unwrap_or_else(|| replied.author.name.clone());
+            text = format!("(replying to {who}: \"{}\")\n{text}", replied.content);
+        }
+        let mut unread = Vec::new();
+        for attachment in &msg.attachments {
+            let is_text = attachment
+                .content_type
+                .as_deref()
+                .is_some_and(|t| t.starts_with("text/"))
+                || attachment
+                    .filename
+                    .rsplit_once('.')
+                    .is_some_and(|(_, ext)| TEXT_EXTENSIONS.contains(&ext.to_lowercase().as_str()));
+            if !is_text || u64::from(attachment.size) > self.max_attachment_bytes {
+                unread.push(attachment.filename.clone());
+                continue;
+            }
+            match attachment.download().await {
+                Ok(bytes) => {
+                    let body = String::from_utf8_lossy(&bytes);
+                    text.push_str(&format!("\n\n[attached {}]\n{body}", attachment.filename));
+                }
+                Err(error) => {
+                    warn!(%error, file = %attachment.filename, "could not download an attachment");
+                    unread.push(attachment.filename.clone());
+                }
+            }
+        }
+        let notice = (!unread.is_empty()).then(|| {
+            format!(
+                "-# I can only read text attachments up to {} KB; I couldn't open {}.",
+                self.max_attachment_bytes / 1024,
+                unread.join(", ")
+            )
+        });
+        (text, notice)
+    }
+}
+
+/// For a message in a thread: the thread's parent channel and owner, from the cache.
+fn thread_of(ctx: &Context, msg: &Message) -> (Option<u64>, Option<u64>) {
+    let Some(guild) = msg.guild_id.and_then(|g| ctx.cache.guild(g)) else {
+        return (None, None);
+    };
+    guild
+        .threads
+        .iter()
+        .find(|t| t.id == msg.channel_id)
+        .map_or((None, None), |t| {
+            (t.parent_id.map(|p| p.get()), t.owner_id.map(|o| o.get()))
+        })
+}

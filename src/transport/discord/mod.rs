@@ -1,0 +1,124 @@
+//! The Discord transport: one serenity client per character token, all feeding the one actor
+//! system and sharing its stores and pools.
+//!
+//! ```text
+//! gateway ─▶ Bot (EventHandler, per character) ─▶ policy ─▶ ShardRouter ─▶ conversations
+//!                         │ Register                                          │ ReplyUpdate
+//!                         ▼                                                   ▼
+//!                     Outbound (DiscordActor, per bot) ─▶ writer task per reply ─▶ REST
+//! ```
+
+pub mod inbound;
+pub mod outbound;
+pub mod policy;
+pub mod split;
+
+use std::sync::Arc;
+
+use actix::prelude::*;
+use serenity::all::{ClientBuilder, GatewayIntents, HttpBuilder, ShardManager};
+use tracing::{info, warn};
+
+use crate::app::App;
+use crate::config::DiscordSection;
+use inbound::Bot;
+use outbound::{ChannelLimiter, Outbound};
+use policy::Access;
+
+#[derive(Debug, thiserror::Error)]
+pub enum DiscordError {
+    #[error("discord.tokens names character {0:?}, which is not in characters.dir")]
+    UnknownCharacter(String),
+    #[error("discord.tokens.{0} is empty")]
+    EmptyToken(String),
+    #[error("cannot start the Discord client for {character}: {source}")]
+    Client {
+        character: String,
+        source: serenity::Error,
+    },
+}
+
+/// The running bots.
+pub struct DiscordBots {
+    bots: Vec<(String, Arc<ShardManager>, tokio::task::JoinHandle<()>)>,
+    _arbiter: Arbiter,
+}
+
+/// The gateway intents the bots need: guild and direct messages, and their content.
+pub fn intents() -> GatewayIntents {
+    GatewayIntents::GUILDS
+        | GatewayIntents::GUILD_MESSAGES
+        | GatewayIntents::DIRECT_MESSAGES
+        | GatewayIntents::MESSAGE_CONTENT
+}
+
+/// Connects one client per configured token. Must run inside the actix System.
+pub async fn start(app: &App, section: &DiscordSection) -> Result<DiscordBots, DiscordError> {
+    let router = app.router();
+    let access = Arc::new(Access::from(section));
+    let limiter = Arc::new(ChannelLimiter::new(
+        section.channel_writes,
+        section.channel_window,
+    ));
+    let arbiter = Arbiter::new();
+    let mut bots = Vec::new();
+    for (character, token) in &section.tokens {
+        if router.characters().get(character).is_none() {
+            return Err(DiscordError::UnknownCharacter(character.clone()));
+        }
+        if token.trim().is_empty() {
+            return Err(DiscordError::EmptyToken(character.clone()));
+        }
+        let mut http = HttpBuilder::new(token.trim());
+        if !section.api_url.is_empty() {
+            http = http.proxy(section.api_url.trim_end_matches('/'));
+        }
+        let http = http.ratelimiter_disabled(!section.ratelimiter).build();
+        // The writer shares the client's Http (one rate limiter per token); it exists once the
+        // client is built, before any message can arrive.
+        let shared_http = Arc::new(std::sync::OnceLock::new());
+        let outbound = {
+            let (http, limiter) = (shared_http.clone(), limiter.clone());
+            Outbound::start_in_arbiter(&arbiter.handle(), move |_| Outbound::new(http, limiter))
+        };
+        let handler = Bot {
+            character: character.clone(),
+            access: access.clone(),
+            router: router.clone(),
+            outbound,
+            max_attachment_bytes: section.max_attachment_bytes,
+        };
+        let mut client = ClientBuilder::new_with_http(http, intents())
+            .event_handler(handler)
+            .await
+            .map_err(|source| DiscordError::Client {
+                character: character.clone(),
+                source,
+            })?;
+        let _ = shared_http.set(client.http.clone());
+        let manager = client.shard_manager.clone();
+        let name = character.clone();
+        let task = tokio::spawn(async move {
+            if let Err(error) = client.start().await {
+                warn!(character = %name, %error, "Discord client stopped with an error");
+            }
+        });
+        info!(character = %character, "Discord bot starting");
+        bots.push((character.clone(), manager, task));
+    }
+    Ok(DiscordBots {
+        bots,
+        _arbiter: arbiter,
+    })
+}
+
+impl DiscordBots {
+    /// Closes every gateway connection.
+    pub async fn shutdown(self) {
+        for (character, manager, task) in self.bots {
+            manager.shutdown_all().await;
+            task.abort();
+            info!(%character, "Discord bot stopped");
+        }
+    }
+}
