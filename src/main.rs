@@ -74,6 +74,9 @@ enum ConfigCommand {
 }
 
 fn main() -> ExitCode {
+    // Both rustls crypto backends are in the dependency tree; choose one for the whole process
+    // before any TLS client (Discord's gateway, hosted LLM endpoints) is built.
+    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
     let cli = Cli::parse();
     match run(cli) {
         Ok(code) => code,
@@ -191,13 +194,14 @@ fn discord(cli: &Cli) -> anyhow::Result<ExitCode> {
     telemetry::init(&settings.logging, LogTarget::Stderr).context("setting up logging")?;
     actix_system().block_on(async move {
         let app = App::start(settings.clone(), characters).await?;
-        let bots = match discord::start(&app, &settings.discord).await {
-            Ok(bots) => bots,
-            Err(error) => {
-                app.shutdown().await;
-                return Err(error.into());
-            }
-        };
+        let bots =
+            match discord::start(&app, &settings.discord, settings.streaming.edit_interval).await {
+                Ok(bots) => bots,
+                Err(error) => {
+                    app.shutdown().await;
+                    return Err(error.into());
+                }
+            };
         whisperengine::transport::wait_for_shutdown().await;
         bots.shutdown().await;
         app.shutdown().await;

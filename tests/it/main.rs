@@ -8,6 +8,7 @@ mod binary;
 mod cancellation;
 mod classifier;
 mod context;
+mod discord;
 mod embeddings;
 mod facts;
 mod fast_track;

@@ -53,7 +53,11 @@ pub fn intents() -> GatewayIntents {
 }
 
 /// Connects one client per configured token. Must run inside the actix System.
-pub async fn start(app: &App, section: &DiscordSection) -> Result<DiscordBots, DiscordError> {
+pub async fn start(
+    app: &App,
+    section: &DiscordSection,
+    edit_interval: std::time::Duration,
+) -> Result<DiscordBots, DiscordError> {
     let router = app.router();
     let access = Arc::new(Access::from(section));
     let limiter = Arc::new(ChannelLimiter::new(
@@ -79,7 +83,9 @@ pub async fn start(app: &App, section: &DiscordSection) -> Result<DiscordBots, D
         let shared_http = Arc::new(std::sync::OnceLock::new());
         let outbound = {
             let (http, limiter) = (shared_http.clone(), limiter.clone());
-            Outbound::start_in_arbiter(&arbiter.handle(), move |_| Outbound::new(http, limiter))
+            Outbound::start_in_arbiter(&arbiter.handle(), move |_| {
+                Outbound::new(http, limiter, edit_interval)
+            })
         };
         let handler = Bot {
             character: character.clone(),

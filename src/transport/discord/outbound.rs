@@ -92,14 +92,21 @@ struct Desired {
 pub struct Outbound {
     http: Arc<std::sync::OnceLock<Arc<Http>>>,
     limiter: Arc<ChannelLimiter>,
+    /// Least time between two writes of one reply (`streaming.edit_interval`).
+    spacing: Duration,
     replies: HashMap<u64, watch::Sender<Desired>>,
 }
 
 impl Outbound {
-    pub fn new(http: Arc<std::sync::OnceLock<Arc<Http>>>, limiter: Arc<ChannelLimiter>) -> Self {
+    pub fn new(
+        http: Arc<std::sync::OnceLock<Arc<Http>>>,
+        limiter: Arc<ChannelLimiter>,
+        spacing: Duration,
+    ) -> Self {
         Self {
             http,
             limiter,
+            spacing,
             replies: HashMap::new(),
         }
     }
@@ -127,6 +134,7 @@ impl Handler<Register> for Outbound {
             notice: msg.notice,
             sent: Vec::new(),
             frozen: 0,
+            spacing: self.spacing,
         };
         let span = info_span!(
             "discord_reply",
@@ -182,6 +190,7 @@ struct Writer {
     /// Bytes of the reply text already delivered in messages that were deleted under us; the
     /// rest goes into new messages.
     frozen: usize,
+    spacing: Duration,
 }
 
 const TYPING_EVERY: Duration = Duration::from_secs(8);
@@ -202,7 +211,12 @@ impl Writer {
                 return;
             }
         }
+        let mut last_round: Option<Instant> = None;
         loop {
+            // Updates arriving during this wait replace each other: the latest text is written.
+            if let Some(at) = last_round {
+                tokio::time::sleep_until(at + self.spacing).await;
+            }
             let desired = rx.borrow_and_update().clone();
             let mut text = desired.text;
             if desired.done
@@ -211,6 +225,7 @@ impl Writer {
                 text.push_str("\n\n");
                 text.push_str(notice);
             }
+            last_round = Some(Instant::now());
             if !self.reconcile(&text).await {
                 return;
             }

@@ -1,0 +1,567 @@
+//! A loopback emulator of the part of Discord that serenity uses: the gateway (HELLO,
+//! IDENTIFY, READY, heartbeats, RESUME, dispatch of MESSAGE_CREATE) over a real WebSocket, and
+//! REST for messages, edits and typing. The production serenity client talks to it over
+//! sockets (`discord.api_url` is its address, serenity's rate limiter off).
+//!
+//! Every REST call is recorded with its time, and faults can be injected: a 429 with
+//! retry-after, a 403, a reply deleted under the bot, a dropped gateway connection.
+
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use axum::Router;
+use axum::body::Bytes;
+use axum::extract::ws::{Message as WsMessage, WebSocket, WebSocketUpgrade};
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, patch, post};
+use serde_json::{Value, json};
+use tokio::sync::mpsc;
+
+/// A REST call as the emulator saw it.
+#[derive(Clone, Debug)]
+pub struct Call {
+    pub at: Instant,
+    /// The bot's user name (from its token).
+    pub bot: String,
+    pub method: &'static str,
+    /// `send`, `edit` or `typing`.
+    pub kind: &'static str,
+    pub channel: u64,
+    /// The message created or edited.
+    pub message: Option<u64>,
+    pub content: Option<String>,
+    /// For a send: the message it replies to.
+    pub reply_to: Option<u64>,
+    /// The HTTP status the emulator answered.
+    pub status: u16,
+}
+
+/// What the next write (send or edit) gets instead of success.
+#[derive(Clone, Debug)]
+pub enum Fault {
+    RateLimited { retry_after: f64 },
+    Forbidden,
+}
+
+#[derive(Clone)]
+struct BotUser {
+    id: u64,
+    name: String,
+}
+
+struct Gateway {
+    token: String,
+    tx: mpsc::UnboundedSender<Value>,
+    seq: Arc<AtomicU64>,
+}
+
+#[derive(Default)]
+struct Shared {
+    addr: Mutex<Option<SocketAddr>>,
+    bots: Mutex<HashMap<String, BotUser>>,
+    calls: Mutex<Vec<Call>>,
+    faults: Mutex<VecDeque<Fault>>,
+    deleted: Mutex<HashSet<u64>>,
+    gateways: Mutex<Vec<Gateway>>,
+    identifies: AtomicU64,
+    resumes: AtomicU64,
+    next_id: AtomicU64,
+    attachments: Mutex<HashMap<String, String>>,
+}
+
+#[derive(Clone)]
+pub struct DiscordEmulator {
+    pub addr: SocketAddr,
+    shared: Arc<Shared>,
+}
+
+/// A message to deliver through the gateway.
+#[derive(Clone, Debug, Default)]
+pub struct Incoming {
+    pub author: u64,
+    pub author_name: String,
+    pub author_is_bot: bool,
+    pub guild: Option<u64>,
+    pub channel: u64,
+    pub content: String,
+    /// Bot user ids mentioned.
+    pub mentions: Vec<u64>,
+    pub roles: Vec<u64>,
+    /// (message id, author id, content) of the message this one replies to.
+    pub reply_to: Option<(u64, u64, String)>,
+    /// (file name, content type, body) served at the emulator.
+    pub attachments: Vec<(String, String, String)>,
+}
+
+impl DiscordEmulator {
+    pub async fn start() -> Self {
+        let shared = Arc::new(Shared {
+            next_id: AtomicU64::new(1_000_000),
+            ..Default::default()
+        });
+        let app = Router::new()
+            .route("/api/v10/gateway/bot", get(gateway_bot))
+            .route("/api/v10/gateway", get(gateway_bot))
+            .route("/gateway", get(gateway_ws))
+            .route("/api/v10/channels/{channel}/messages", post(send_message))
+            .route(
+                "/api/v10/channels/{channel}/messages/{message}",
+                patch(edit_message),
+            )
+            .route("/api/v10/channels/{channel}/typing", post(typing))
+            .route("/attachments/{name}", get(attachment))
+            .with_state(shared.clone());
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        *shared.addr.lock().unwrap() = Some(addr);
+        tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+        DiscordEmulator { addr, shared }
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// Registers a bot account; returns its user id.
+    pub fn add_bot(&self, token: &str, name: &str) -> u64 {
+        let id = self.shared.next_id.fetch_add(1, Ordering::Relaxed);
+        self.shared.bots.lock().unwrap().insert(
+            token.to_owned(),
+            BotUser {
+                id,
+                name: name.to_owned(),
+            },
+        );
+        id
+    }
+
+    pub fn calls(&self) -> Vec<Call> {
+        self.shared.calls.lock().unwrap().clone()
+    }
+
+    pub fn inject(&self, fault: Fault) {
+        self.shared.faults.lock().unwrap().push_back(fault);
+    }
+
+    /// Deletes a message: further edits of it answer 404 Unknown Message.
+    pub fn delete(&self, message: u64) {
+        self.shared.deleted.lock().unwrap().insert(message);
+    }
+
+    pub fn identifies(&self) -> u64 {
+        self.shared.identifies.load(Ordering::Relaxed)
+    }
+
+    pub fn resumes(&self) -> u64 {
+        self.shared.resumes.load(Ordering::Relaxed)
+    }
+
+    /// Bots with a live, identified gateway session.
+    pub fn connected(&self) -> usize {
+        self.shared
+            .gateways
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|g| !g.tx.is_closed())
+            .count()
+    }
+
+    /// Waits until `n` bots are connected.
+    pub async fn wait_connected(&self, n: usize) {
+        for _ in 0..500 {
+            if self.connected() >= n {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        panic!("{n} bots did not connect to the emulator");
+    }
+
+    /// Closes every gateway connection without a close frame, as a network failure would.
+    pub fn drop_gateways(&self) {
+        for gateway in self.shared.gateways.lock().unwrap().drain(..) {
+            let _ = gateway.tx.send(json!({"drop": true}));
+        }
+    }
+
+    /// Delivers a message to every connected bot (each receives all messages, like Discord);
+    /// returns its id.
+    pub fn post(&self, m: Incoming) -> u64 {
+        let id = self.shared.next_id.fetch_add(1, Ordering::Relaxed);
+        let addr = self.addr;
+        let bots = self.shared.bots.lock().unwrap().clone();
+        let user_json = |id: u64| {
+            let bot = bots.values().find(|b| b.id == id);
+            json!({
+                "id": id.to_string(),
+                "username": bot.map_or_else(|| format!("user{id}"), |b| b.name.clone()),
+                "discriminator": "0",
+                "global_name": null,
+                "avatar": null,
+                "bot": bot.is_some(),
+            })
+        };
+        let mut attachments = Vec::new();
+        for (i, (name, content_type, body)) in m.attachments.iter().enumerate() {
+            self.shared
+                .attachments
+                .lock()
+                .unwrap()
+                .insert(name.clone(), body.clone());
+            attachments.push(json!({
+                "id": (id + 1 + i as u64).to_string(),
+                "filename": name,
+                "size": body.len(),
+                "url": format!("http://{addr}/attachments/{name}"),
+                "proxy_url": format!("http://{addr}/attachments/{name}"),
+                "content_type": content_type,
+            }));
+        }
+        let mut d = message_json(
+            id,
+            m.channel,
+            m.guild,
+            json!({
+                "id": m.author.to_string(),
+                "username": m.author_name,
+                "discriminator": "0",
+                "global_name": null,
+                "avatar": null,
+                "bot": m.author_is_bot,
+            }),
+            &m.content,
+        );
+        d["mentions"] = Value::Array(m.mentions.iter().map(|b| user_json(*b)).collect());
+        d["attachments"] = Value::Array(attachments);
+        if m.guild.is_some() {
+            d["member"] = json!({
+                "roles": m.roles.iter().map(|r| r.to_string()).collect::<Vec<_>>(),
+                "joined_at": "2024-01-01T00:00:00.000000+00:00",
+                "deaf": false,
+                "mute": false,
+                "flags": 0,
+            });
+        }
+        if let Some((ref_id, ref_author, ref_content)) = &m.reply_to {
+            d["message_reference"] = json!({
+                "message_id": ref_id.to_string(),
+                "channel_id": m.channel.to_string(),
+            });
+            d["referenced_message"] = message_json(
+                *ref_id,
+                m.channel,
+                m.guild,
+                user_json(*ref_author),
+                ref_content,
+            );
+            d["type"] = json!(19);
+        }
+        for gateway in self.shared.gateways.lock().unwrap().iter() {
+            let s = gateway.seq.fetch_add(1, Ordering::Relaxed) + 1;
+            let _ = gateway
+                .tx
+                .send(json!({"op": 0, "t": "MESSAGE_CREATE", "s": s, "d": d}));
+        }
+        id
+    }
+}
+
+fn message_json(id: u64, channel: u64, guild: Option<u64>, author: Value, content: &str) -> Value {
+    let mut m = json!({
+        "id": id.to_string(),
+        "channel_id": channel.to_string(),
+        "author": author,
+        "content": content,
+        "timestamp": "2026-11-24T10:00:00.000000+00:00",
+        "edited_timestamp": null,
+        "tts": false,
+        "mention_everyone": false,
+        "mentions": [],
+        "mention_roles": [],
+        "attachments": [],
+        "embeds": [],
+        "pinned": false,
+        "type": 0,
+    });
+    if let Some(guild) = guild {
+        m["guild_id"] = json!(guild.to_string());
+    }
+    m
+}
+
+fn bot_of(shared: &Shared, token: &str) -> Option<BotUser> {
+    let token = token.trim().trim_start_matches("Bot ").to_owned();
+    shared.bots.lock().unwrap().get(&token).cloned()
+}
+
+fn auth(shared: &Shared, headers: &HeaderMap) -> Option<BotUser> {
+    let value = headers.get(header::AUTHORIZATION)?.to_str().ok()?;
+    bot_of(shared, value)
+}
+
+async fn gateway_bot(State(shared): State<Arc<Shared>>) -> Response {
+    let addr = shared.addr.lock().unwrap().unwrap();
+    axum::Json(json!({
+        "url": format!("ws://{addr}/gateway"),
+        "shards": 1,
+        "session_start_limit": {"total": 1000, "remaining": 1000, "reset_after": 0, "max_concurrency": 1}
+    }))
+    .into_response()
+}
+
+async fn gateway_ws(State(shared): State<Arc<Shared>>, ws: WebSocketUpgrade) -> Response {
+    ws.on_upgrade(move |socket| session(shared, socket))
+}
+
+/// One gateway connection: HELLO, then IDENTIFY (READY) or RESUME (RESUMED), heartbeats, and
+/// dispatches pushed by the test.
+async fn session(shared: Arc<Shared>, mut socket: WebSocket) {
+    let hello = json!({"op": 10, "d": {"heartbeat_interval": 2000}});
+    if socket
+        .send(WsMessage::Text(hello.to_string().into()))
+        .await
+        .is_err()
+    {
+        return;
+    }
+    let (tx, mut rx) = mpsc::unbounded_channel::<Value>();
+    let seq = Arc::new(AtomicU64::new(0));
+    loop {
+        tokio::select! {
+            out = rx.recv() => match out {
+                Some(v) if v.get("drop").is_some() => return,
+                Some(v) => {
+                    if socket.send(WsMessage::Text(v.to_string().into())).await.is_err() {
+                        return;
+                    }
+                }
+                None => return,
+            },
+            incoming = socket.recv() => {
+                let Some(Ok(frame)) = incoming else { return };
+                let text = match frame {
+                    WsMessage::Text(t) => t.to_string(),
+                    WsMessage::Close(_) => return,
+                    _ => continue,
+                };
+                let Ok(v) = serde_json::from_str::<Value>(&text) else { continue };
+                match v["op"].as_u64() {
+                    Some(1) => {
+                        let _ = tx.send(json!({"op": 11}));
+                    }
+                    Some(2) => {
+                        let token = v["d"]["token"].as_str().unwrap_or_default();
+                        let Some(bot) = bot_of(&shared, token) else {
+                            let _ = socket.send(WsMessage::Close(Some(axum::extract::ws::CloseFrame {
+                                code: 4004,
+                                reason: "Authentication failed.".into(),
+                            }))).await;
+                            return;
+                        };
+                        shared.identifies.fetch_add(1, Ordering::Relaxed);
+                        let addr = shared.addr.lock().unwrap().unwrap();
+                        let s = seq.fetch_add(1, Ordering::Relaxed) + 1;
+                        let ready = json!({"op": 0, "t": "READY", "s": s, "d": {
+                            "v": 10,
+                            "user": {"id": bot.id.to_string(), "username": bot.name, "discriminator": "0",
+                                     "global_name": null, "avatar": null, "bot": true},
+                            "guilds": [],
+                            "session_id": format!("session-{}", bot.id),
+                            "resume_gateway_url": format!("ws://{addr}/gateway"),
+                            "application": {"id": bot.id.to_string(), "flags": 0},
+                        }});
+                        let _ = tx.send(ready);
+                        shared.gateways.lock().unwrap().push(Gateway {
+                            token: token.trim_start_matches("Bot ").to_owned(),
+                            tx: tx.clone(),
+                            seq: seq.clone(),
+                        });
+                    }
+                    Some(6) => {
+                        let token = v["d"]["token"].as_str().unwrap_or_default().trim_start_matches("Bot ").to_owned();
+                        shared.resumes.fetch_add(1, Ordering::Relaxed);
+                        let last = v["d"]["seq"].as_u64().unwrap_or(0);
+                        seq.store(last, Ordering::Relaxed);
+                        let s = seq.fetch_add(1, Ordering::Relaxed) + 1;
+                        let _ = tx.send(json!({"op": 0, "t": "RESUMED", "s": s, "d": {}}));
+                        let mut gateways = shared.gateways.lock().unwrap();
+                        gateways.retain(|g| g.token != token);
+                        gateways.push(Gateway { token, tx: tx.clone(), seq: seq.clone() });
+                    }
+                    _ => {}
+                }
+            }
+        }
+    }
+}
+
+fn record(shared: &Shared, call: Call) {
+    shared.calls.lock().unwrap().push(call);
+}
+
+fn error(status: u16, code: u64, message: &str) -> Response {
+    let mut response = (
+        StatusCode::from_u16(status).unwrap(),
+        axum::Json(json!({"code": code, "message": message})),
+    )
+        .into_response();
+    if status == 429 {
+        response
+            .headers_mut()
+            .insert("retry-after", header::HeaderValue::from_static("1"));
+    }
+    response
+}
+
+/// A write fault for this call, if one is queued.
+fn fault(shared: &Shared) -> Option<Response> {
+    let fault = shared.faults.lock().unwrap().pop_front()?;
+    Some(match fault {
+        Fault::RateLimited { retry_after } => {
+            let mut response = (
+                StatusCode::TOO_MANY_REQUESTS,
+                axum::Json(json!({"message": "You are being rate limited.", "retry_after": retry_after, "global": false, "code": 0})),
+            )
+                .into_response();
+            response.headers_mut().insert(
+                "retry-after",
+                header::HeaderValue::from_str(&retry_after.ceil().to_string()).unwrap(),
+            );
+            response
+        }
+        Fault::Forbidden => error(403, 50013, "Missing Permissions"),
+    })
+}
+
+async fn send_message(
+    State(shared): State<Arc<Shared>>,
+    Path(channel): Path<u64>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let Some(bot) = auth(&shared, &headers) else {
+        return error(401, 0, "401: Unauthorized");
+    };
+    let body: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
+    let content = body["content"].as_str().unwrap_or_default().to_owned();
+    let reply_to = body["message_reference"]["message_id"]
+        .as_str()
+        .and_then(|s| s.parse().ok())
+        .or_else(|| body["message_reference"]["message_id"].as_u64());
+    let mut call = Call {
+        at: Instant::now(),
+        bot: bot.name.clone(),
+        method: "POST",
+        kind: "send",
+        channel,
+        message: None,
+        content: Some(content.clone()),
+        reply_to,
+        status: 200,
+    };
+    if content.chars().count() > 2000 {
+        call.status = 400;
+        record(&shared, call);
+        return error(
+            400,
+            50035,
+            "Invalid Form Body: content must be 2000 or fewer in length.",
+        );
+    }
+    if let Some(response) = fault(&shared) {
+        call.status = response.status().as_u16();
+        record(&shared, call);
+        return response;
+    }
+    let id = shared.next_id.fetch_add(1, Ordering::Relaxed);
+    call.message = Some(id);
+    record(&shared, call);
+    let author = json!({"id": bot.id.to_string(), "username": bot.name, "discriminator": "0",
+                        "global_name": null, "avatar": null, "bot": true});
+    axum::Json(message_json(id, channel, None, author, &content)).into_response()
+}
+
+async fn edit_message(
+    State(shared): State<Arc<Shared>>,
+    Path((channel, message)): Path<(u64, u64)>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let Some(bot) = auth(&shared, &headers) else {
+        return error(401, 0, "401: Unauthorized");
+    };
+    let body: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
+    let content = body["content"].as_str().unwrap_or_default().to_owned();
+    let mut call = Call {
+        at: Instant::now(),
+        bot: bot.name.clone(),
+        method: "PATCH",
+        kind: "edit",
+        channel,
+        message: Some(message),
+        content: Some(content.clone()),
+        reply_to: None,
+        status: 200,
+    };
+    if shared.deleted.lock().unwrap().contains(&message) {
+        call.status = 404;
+        record(&shared, call);
+        return error(404, 10008, "Unknown Message");
+    }
+    if content.chars().count() > 2000 {
+        call.status = 400;
+        record(&shared, call);
+        return error(
+            400,
+            50035,
+            "Invalid Form Body: content must be 2000 or fewer in length.",
+        );
+    }
+    if let Some(response) = fault(&shared) {
+        call.status = response.status().as_u16();
+        record(&shared, call);
+        return response;
+    }
+    record(&shared, call);
+    let author = json!({"id": bot.id.to_string(), "username": bot.name, "discriminator": "0",
+                        "global_name": null, "avatar": null, "bot": true});
+    axum::Json(message_json(message, channel, None, author, &content)).into_response()
+}
+
+async fn typing(
+    State(shared): State<Arc<Shared>>,
+    Path(channel): Path<u64>,
+    headers: HeaderMap,
+) -> Response {
+    let Some(bot) = auth(&shared, &headers) else {
+        return error(401, 0, "401: Unauthorized");
+    };
+    record(
+        &shared,
+        Call {
+            at: Instant::now(),
+            bot: bot.name,
+            method: "POST",
+            kind: "typing",
+            channel,
+            message: None,
+            content: None,
+            reply_to: None,
+            status: 204,
+        },
+    );
+    StatusCode::NO_CONTENT.into_response()
+}
+
+async fn attachment(State(shared): State<Arc<Shared>>, Path(name): Path<String>) -> Response {
+    match shared.attachments.lock().unwrap().get(&name) {
+        Some(body) => body.clone().into_response(),
+        None => StatusCode::NOT_FOUND.into_response(),
+    }
+}
