@@ -80,38 +80,68 @@ pub struct UserData {
     jobs: Arc<dyn JobQueue>,
 }
 
+/// What "forget me" deletes.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum ForgetScope {
+    #[default]
+    All,
+    Memories,
+    Facts,
+    History,
+}
+
 impl UserData {
     /// Deletes everything stored about `user` (all characters, all scopes).
     pub async fn forget(&self, user: &str) -> anyhow::Result<ForgetReport> {
-        let (turns, profiles) = self
-            .history
-            .forget_user(user)
-            .await
-            .context("forgetting history")?;
-        // Queued jobs first, so none re-creates what is deleted next.
-        let jobs = self
-            .jobs
-            .forget_user(user)
-            .await
-            .context("forgetting queued jobs")?;
-        let memories = self
-            .memory
-            .forget_user(user)
-            .await
-            .context("forgetting memories")?;
-        let facts = self
-            .facts
-            .forget_user(user)
-            .await
-            .context("forgetting facts")?;
-        Ok(ForgetReport {
-            live_conversations: 0,
-            turns,
-            profiles,
-            memories,
-            facts,
-            jobs,
-        })
+        self.forget_scoped(user, ForgetScope::All).await
+    }
+
+    /// Deletes what `scope` names about `user`. Queued jobs go first in every scope, so none
+    /// re-creates what is deleted next.
+    pub async fn forget_scoped(
+        &self,
+        user: &str,
+        scope: ForgetScope,
+    ) -> anyhow::Result<ForgetReport> {
+        let all = scope == ForgetScope::All;
+        let mut report = ForgetReport {
+            jobs: self
+                .jobs
+                .forget_user(user)
+                .await
+                .context("forgetting queued jobs")?,
+            ..Default::default()
+        };
+        if all || scope == ForgetScope::History {
+            (report.turns, report.profiles) = self
+                .history
+                .forget_user(user)
+                .await
+                .context("forgetting history")?;
+        }
+        if all || scope == ForgetScope::Memories {
+            report.memories = self
+                .memory
+                .forget_user(user)
+                .await
+                .context("forgetting memories")?;
+        }
+        if all || scope == ForgetScope::Facts {
+            report.facts = self
+                .facts
+                .forget_user(user)
+                .await
+                .context("forgetting facts")?;
+        }
+        Ok(report)
+    }
+
+    /// What the bot knows about the user across characters (first and last seen, messages).
+    pub async fn profile(
+        &self,
+        user: &str,
+    ) -> anyhow::Result<Option<whisper_actors::ports::Profile>> {
+        Ok(self.history.profile(user).await?)
     }
 
     /// The user's current facts.
@@ -355,33 +385,18 @@ impl App {
     /// would otherwise store its turn, memories and facts behind the delete), drops queued jobs,
     /// waits out the user's running ones, then deletes every store's rows.
     pub async fn forget(&self, user: &str) -> anyhow::Result<ForgetReport> {
-        let grace = self.settings.runtime.shutdown_timeout;
-        let forgotten = self.runtime.router().forget_user(user).await;
-        if !forgotten.finished(grace).await {
-            warn!(
-                user,
-                ?grace,
-                "a turn of the forgotten user is still running; deleting anyway"
-            );
+        self.control().forget(user, ForgetScope::All).await
+    }
+
+    /// A cheap handle for transports' user commands (forget, profile, status).
+    pub fn control(&self) -> UserControl {
+        UserControl {
+            data: self.user_data.clone(),
+            router: self.runtime.router(),
+            jobs: self.runtime.jobs().cloned(),
+            stats: self.runtime.stats(),
+            grace: self.settings.runtime.shutdown_timeout,
         }
-        let mut queued_jobs = 0;
-        if let Some(jobs) = self.runtime.jobs() {
-            queued_jobs = self
-                .user_data
-                .jobs
-                .forget_user(user)
-                .await
-                .context("forgetting queued jobs")?;
-            let deadline = tokio::time::Instant::now() + grace;
-            while jobs.running_for(user) > 0 && tokio::time::Instant::now() < deadline {
-                tokio::time::sleep(Duration::from_millis(10)).await;
-            }
-        }
-        let mut report = self.user_data.forget(user).await?;
-        report.jobs += queued_jobs;
-        report.live_conversations = forgotten.count();
-        info!(user, %report, "user forgotten");
-        Ok(report)
     }
 
     pub fn user_data(&self) -> &UserData {
@@ -404,5 +419,57 @@ impl App {
         if let Some(server) = self.local_llm {
             server.shutdown().await;
         }
+    }
+}
+
+/// What a transport's user commands need from the running app, cloneable into handlers.
+#[derive(Clone)]
+pub struct UserControl {
+    data: UserData,
+    router: ShardRouter,
+    jobs: Option<Arc<whisper_actors::jobs::JobSystem>>,
+    stats: Arc<whisper_actors::stats::RuntimeStats>,
+    grace: Duration,
+}
+
+impl UserControl {
+    /// "Forget me": stops the user's conversations, lets a turn already in flight finish (it
+    /// would otherwise store its turn, memories and facts behind the delete), drops queued jobs,
+    /// waits out the user's running ones, then deletes what `scope` names.
+    pub async fn forget(&self, user: &str, scope: ForgetScope) -> anyhow::Result<ForgetReport> {
+        let forgotten = self.router.forget_user(user).await;
+        if !forgotten.finished(self.grace).await {
+            warn!(user, grace = ?self.grace, "a turn of the forgotten user is still running; deleting anyway");
+        }
+        let mut queued_jobs = 0;
+        if let Some(jobs) = &self.jobs {
+            queued_jobs = self
+                .data
+                .jobs
+                .forget_user(user)
+                .await
+                .context("forgetting queued jobs")?;
+            let deadline = tokio::time::Instant::now() + self.grace;
+            while jobs.running_for(user) > 0 && tokio::time::Instant::now() < deadline {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        }
+        let mut report = self.data.forget_scoped(user, scope).await?;
+        report.jobs += queued_jobs;
+        report.live_conversations = forgotten.count();
+        info!(user, ?scope, %report, "user forgotten");
+        Ok(report)
+    }
+
+    pub fn data(&self) -> &UserData {
+        &self.data
+    }
+
+    pub fn status(&self) -> whisper_actors::stats::StatusSnapshot {
+        self.stats.snapshot()
+    }
+
+    pub fn router(&self) -> &ShardRouter {
+        &self.router
     }
 }

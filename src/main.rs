@@ -194,14 +194,13 @@ fn discord(cli: &Cli) -> anyhow::Result<ExitCode> {
     telemetry::init(&settings.logging, LogTarget::Stderr).context("setting up logging")?;
     actix_system().block_on(async move {
         let app = App::start(settings.clone(), characters).await?;
-        let bots =
-            match discord::start(&app, &settings.discord, settings.streaming.edit_interval).await {
-                Ok(bots) => bots,
-                Err(error) => {
-                    app.shutdown().await;
-                    return Err(error.into());
-                }
-            };
+        let bots = match discord::start(&app, &settings).await {
+            Ok(bots) => bots,
+            Err(error) => {
+                app.shutdown().await;
+                return Err(error.into());
+            }
+        };
         whisperengine::transport::wait_for_shutdown().await;
         bots.shutdown().await;
         app.shutdown().await;

@@ -44,12 +44,8 @@ impl Rig {
             s.discord.tokens.insert(character.to_string(), token);
         }
         tweak(&mut s);
-        let edit_interval = s.streaming.edit_interval;
-        let section = s.discord.clone();
-        let app = start(s, extras(vec![])).await;
-        let bots = discord::start(&app, &section, edit_interval)
-            .await
-            .expect("bots start");
+        let app = start(s.clone(), extras(vec![])).await;
+        let bots = discord::start(&app, &s).await.expect("bots start");
         emu.wait_connected(characters.len()).await;
         Rig {
             app,
@@ -483,6 +479,152 @@ fn two_characters_share_one_process() {
             .collect();
         assert!(
             users.iter().any(|s| s.contains("Aria")) && users.iter().any(|s| s.contains("Marlowe"))
+        );
+        rig.stop().await;
+    });
+}
+
+/// The replied-to message and text attachments reach the model; other attachments get a notice
+/// in the reply; the reply never pings anyone.
+#[test]
+fn discord_context_reaches_the_model() {
+    run_actix(|| async {
+        let rig = Rig::start(&["aria"], |_| {}).await;
+        let id = rig.emu.post(Incoming {
+            reply_to: Some((321, 55, "the meeting moved to 5pm".into())),
+            attachments: vec![
+                (
+                    "notes.txt".into(),
+                    "text/plain".into(),
+                    "buy milk and eggs".into(),
+                ),
+                (
+                    "photo.png".into(),
+                    "image/png".into(),
+                    "\u{89}PNG binary".into(),
+                ),
+            ],
+            ..rig.mention("aria", "what do you make of this?")
+        });
+        let mut reply = String::new();
+        for _ in 0..400 {
+            reply = shown(&rig.reply_writes(id));
+            if reply.contains("photo.png") {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+        assert!(reply.contains("couldn't open photo.png"), "{reply}");
+        let asked = rig.llm.requests().pop().unwrap().last_user_message();
+        assert!(asked.contains("the meeting moved to 5pm"), "{asked}");
+        assert!(asked.contains("buy milk and eggs"), "{asked}");
+        assert!(asked.contains("what do you make of this?"), "{asked}");
+        assert!(!asked.contains("PNG"), "{asked}");
+        let send = rig
+            .emu
+            .calls()
+            .into_iter()
+            .find(|c| c.reply_to == Some(id))
+            .unwrap();
+        let mentions = send.allowed_mentions.expect("allowed_mentions sent");
+        assert_ne!(
+            mentions["replied_user"],
+            serde_json::json!(true),
+            "{mentions}"
+        );
+        assert!(
+            mentions["parse"].as_array().is_none_or(|p| p.is_empty()),
+            "{mentions}"
+        );
+        rig.stop().await;
+    });
+}
+
+fn user_rows(db: &std::path::Path, user: &str) -> Vec<(&'static str, i64)> {
+    let conn = rusqlite::Connection::open(db).unwrap();
+    ["turns", "profiles", "memories", "facts", "jobs"]
+        .into_iter()
+        .map(|table| {
+            let sql = format!("SELECT COUNT(*) FROM {table} WHERE user_id = ?1");
+            (table, conn.query_row(&sql, [user], |r| r.get(0)).unwrap())
+        })
+        .collect()
+}
+
+/// Waits for the next interaction answer (response or followup) after `seen` earlier ones.
+async fn answer_after(rig: &Rig, seen: usize) -> Call {
+    for _ in 0..400 {
+        let answers: Vec<Call> = rig
+            .emu
+            .calls()
+            .into_iter()
+            .filter(|c| (c.kind == "interaction" || c.kind == "followup") && c.content.is_some())
+            .collect();
+        if answers.len() > seen {
+            return answers[seen].clone();
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    let calls: Vec<_> = rig
+        .emu
+        .calls()
+        .into_iter()
+        .map(|c| (c.kind, c.status, c.content))
+        .collect();
+    panic!("no interaction answer: {calls:?}");
+}
+
+/// Slash commands are registered at startup and answer ephemerally; `/forget` through an
+/// interaction deletes the user's data in every store; `/status` is for admins only.
+#[test]
+fn slash_commands_show_and_forget_the_users_data() {
+    run_actix(|| async {
+        let rig = Rig::start(&["aria"], |_| {}).await;
+        let aria = rig.id("aria");
+        for _ in 0..200 {
+            if rig.emu.commands(aria).len() == 6 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+        let mut registered = rig.emu.commands(aria);
+        registered.sort();
+        assert_eq!(
+            registered,
+            ["facts", "forget", "help", "memories", "profile", "status"]
+        );
+        let dm = rig.emu.post(Incoming {
+            author: USER,
+            channel: 701,
+            content: "my dog is called Rex".into(),
+            ..Default::default()
+        });
+        rig.wait_reply(dm, "echo: my dog is called Rex").await;
+        crate::support::app::drain(&rig.app).await;
+        let db = rig._dir.path().join("whisperengine.db");
+        let user = format!("discord:{USER}");
+        assert!(user_rows(&db, &user).iter().any(|(_, n)| *n > 0));
+
+        rig.emu.slash(aria, USER, "memories", &[]);
+        let memories = answer_after(&rig, 0).await;
+        assert!(memories.ephemeral);
+        assert!(memories.content.unwrap().contains("Rex"));
+
+        rig.emu.slash(aria, USER, "status", &[]);
+        let status = answer_after(&rig, 1).await;
+        assert!(status.content.unwrap().contains("Only the bot's admins"));
+
+        rig.emu.slash(aria, USER, "forget", &[("scope", "all")]);
+        let forgot = answer_after(&rig, 2).await;
+        assert!(forgot.ephemeral);
+        assert!(
+            forgot.content.as_deref().unwrap().contains("forgot"),
+            "{forgot:?}"
+        );
+        assert!(
+            user_rows(&db, &user).iter().all(|(_, n)| *n == 0),
+            "{:?}",
+            user_rows(&db, &user)
         );
         rig.stop().await;
     });

@@ -29,8 +29,12 @@ pub struct Call {
     /// The bot's user name (from its token).
     pub bot: String,
     pub method: &'static str,
-    /// `send`, `edit` or `typing`.
+    /// `send`, `edit`, `typing`, `interaction` (a response) or `followup`.
     pub kind: &'static str,
+    /// For interaction responses and followups: only the user sees it.
+    pub ephemeral: bool,
+    /// For sends: the allowed mentions asked for (`None`: the field was absent).
+    pub allowed_mentions: Option<Value>,
     pub channel: u64,
     /// The message created or edited.
     pub message: Option<u64>,
@@ -72,6 +76,8 @@ struct Shared {
     resumes: AtomicU64,
     next_id: AtomicU64,
     attachments: Mutex<HashMap<String, String>>,
+    /// Slash commands registered (as sent), per application id.
+    commands: Mutex<HashMap<u64, Vec<Value>>>,
 }
 
 #[derive(Clone)]
@@ -115,6 +121,19 @@ impl DiscordEmulator {
             )
             .route("/api/v10/channels/{channel}/typing", post(typing))
             .route("/attachments/{name}", get(attachment))
+            .route(
+                "/api/v10/applications/{app}/commands",
+                axum::routing::put(register_commands),
+            )
+            .route(
+                "/api/v10/interactions/{id}/{token}/callback",
+                post(interaction_callback),
+            )
+            .route("/api/v10/webhooks/{app}/{token}", post(followup))
+            .route(
+                "/api/v10/webhooks/{app}/{token}/messages/{message}",
+                patch(followup_edit),
+            )
             .with_state(shared.clone());
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
@@ -188,6 +207,78 @@ impl DiscordEmulator {
         for gateway in self.shared.gateways.lock().unwrap().drain(..) {
             let _ = gateway.tx.send(json!({"drop": true}));
         }
+    }
+
+    /// Slash commands the bot with this user id registered.
+    pub fn commands(&self, bot: u64) -> Vec<String> {
+        self.shared
+            .commands
+            .lock()
+            .unwrap()
+            .get(&bot)
+            .map(|c| {
+                c.iter()
+                    .map(|c| c["name"].as_str().unwrap_or_default().to_owned())
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
+    /// A user runs a slash command in a DM with `bot`: `options` are (name, value as typed;
+    /// for an option with choices, the choice's name). As Discord does, the interaction carries
+    /// the option's registered type and, for a choice, the choice's value.
+    /// Returns the interaction id.
+    pub fn slash(&self, bot: u64, user: u64, command: &str, options: &[(&str, &str)]) -> u64 {
+        let id = self.shared.next_id.fetch_add(1, Ordering::Relaxed);
+        let registered = self
+            .shared
+            .commands
+            .lock()
+            .unwrap()
+            .get(&bot)
+            .and_then(|c| c.iter().find(|c| c["name"] == command).cloned())
+            .unwrap_or(Value::Null);
+        let options: Vec<Value> = options
+            .iter()
+            .map(|(n, v)| {
+                let spec = registered["options"]
+                    .as_array()
+                    .and_then(|o| o.iter().find(|o| o["name"] == *n).cloned())
+                    .unwrap_or(Value::Null);
+                let kind = spec["type"].as_u64().unwrap_or(3);
+                let value = spec["choices"]
+                    .as_array()
+                    .and_then(|c| c.iter().find(|c| c["name"] == *v))
+                    .map_or_else(|| json!(v), |c| c["value"].clone());
+                json!({"name": n, "type": kind, "value": value})
+            })
+            .collect();
+        let d = json!({
+            "id": id.to_string(),
+            "application_id": bot.to_string(),
+            "type": 2,
+            "data": {"id": (id + 1).to_string(), "name": command, "type": 1, "options": options},
+            "channel_id": "900",
+            "user": {"id": user.to_string(), "username": format!("user{user}"), "discriminator": "0",
+                     "global_name": null, "avatar": null, "bot": false},
+            "token": format!("itoken-{id}"),
+            "version": 1,
+            "locale": "en-US",
+            "app_permissions": "0",
+            "entitlements": [],
+            "attachment_size_limit": 8388608,
+            "context": 1,
+        });
+        let bots = self.shared.bots.lock().unwrap().clone();
+        for gateway in self.shared.gateways.lock().unwrap().iter() {
+            if bots.get(&gateway.token).is_some_and(|b| b.id == bot) {
+                let s = gateway.seq.fetch_add(1, Ordering::Relaxed) + 1;
+                let _ = gateway
+                    .tx
+                    .send(json!({"op": 0, "t": "INTERACTION_CREATE", "s": s, "d": d}));
+            }
+        }
+        id
     }
 
     /// Delivers a message to every connected bot (each receives all messages, like Discord);
@@ -464,6 +555,8 @@ async fn send_message(
         content: Some(content.clone()),
         reply_to,
         status: 200,
+        ephemeral: false,
+        allowed_mentions: body.get("allowed_mentions").cloned(),
     };
     if content.chars().count() > 2000 {
         call.status = 400;
@@ -508,6 +601,8 @@ async fn edit_message(
         content: Some(content.clone()),
         reply_to: None,
         status: 200,
+        ephemeral: false,
+        allowed_mentions: body.get("allowed_mentions").cloned(),
     };
     if shared.deleted.lock().unwrap().contains(&message) {
         call.status = 404;
@@ -554,6 +649,8 @@ async fn typing(
             content: None,
             reply_to: None,
             status: 204,
+            ephemeral: false,
+            allowed_mentions: None,
         },
     );
     StatusCode::NO_CONTENT.into_response()
@@ -564,4 +661,67 @@ async fn attachment(State(shared): State<Arc<Shared>>, Path(name): Path<String>)
         Some(body) => body.clone().into_response(),
         None => StatusCode::NOT_FOUND.into_response(),
     }
+}
+
+async fn register_commands(
+    State(shared): State<Arc<Shared>>,
+    Path(app): Path<u64>,
+    body: Bytes,
+) -> Response {
+    let body: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
+    let commands = body.as_array().cloned().unwrap_or_default();
+    shared
+        .commands
+        .lock()
+        .unwrap()
+        .insert(app, commands.clone());
+    let answered: Vec<Value> = commands
+        .into_iter()
+        .map(|mut c| {
+            c["id"] = json!(shared.next_id.fetch_add(1, Ordering::Relaxed).to_string());
+            c["application_id"] = json!(app.to_string());
+            c["version"] = json!("1");
+            if c.get("type").is_none() {
+                c["type"] = json!(1);
+            }
+            c
+        })
+        .collect();
+    axum::Json(Value::Array(answered)).into_response()
+}
+
+fn interaction_call(kind: &'static str, data: &Value) -> Call {
+    Call {
+        at: Instant::now(),
+        bot: String::new(),
+        method: "POST",
+        kind,
+        channel: 900,
+        message: None,
+        content: data["content"].as_str().map(str::to_owned),
+        reply_to: None,
+        status: 200,
+        ephemeral: data["flags"].as_u64().is_some_and(|f| f & 64 != 0),
+        allowed_mentions: None,
+    }
+}
+
+async fn interaction_callback(State(shared): State<Arc<Shared>>, body: Bytes) -> Response {
+    let body: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
+    record(&shared, interaction_call("interaction", &body["data"]));
+    StatusCode::NO_CONTENT.into_response()
+}
+
+async fn followup(State(shared): State<Arc<Shared>>, body: Bytes) -> Response {
+    let body: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
+    record(&shared, interaction_call("followup", &body));
+    let id = shared.next_id.fetch_add(1, Ordering::Relaxed);
+    let author = json!({"id": "1", "username": "bot", "discriminator": "0", "global_name": null,
+                        "avatar": null, "bot": true});
+    let content = body["content"].as_str().unwrap_or_default().to_owned();
+    axum::Json(message_json(id, 900, None, author, &content)).into_response()
+}
+
+async fn followup_edit(State(shared): State<Arc<Shared>>, body: Bytes) -> Response {
+    followup(State(shared), body).await
 }

@@ -8,6 +8,7 @@
 //!                     Outbound (DiscordActor, per bot) ─▶ writer task per reply ─▶ REST
 //! ```
 
+pub mod commands;
 pub mod inbound;
 pub mod outbound;
 pub mod policy;
@@ -20,7 +21,7 @@ use serenity::all::{ClientBuilder, GatewayIntents, HttpBuilder, ShardManager};
 use tracing::{info, warn};
 
 use crate::app::App;
-use crate::config::DiscordSection;
+use crate::config::Settings;
 use inbound::Bot;
 use outbound::{ChannelLimiter, Outbound};
 use policy::Access;
@@ -53,11 +54,9 @@ pub fn intents() -> GatewayIntents {
 }
 
 /// Connects one client per configured token. Must run inside the actix System.
-pub async fn start(
-    app: &App,
-    section: &DiscordSection,
-    edit_interval: std::time::Duration,
-) -> Result<DiscordBots, DiscordError> {
+pub async fn start(app: &App, settings: &Settings) -> Result<DiscordBots, DiscordError> {
+    let section = &settings.discord;
+    let edit_interval = settings.streaming.edit_interval;
     let router = app.router();
     let access = Arc::new(Access::from(section));
     let limiter = Arc::new(ChannelLimiter::new(
@@ -94,7 +93,33 @@ pub async fn start(
             outbound,
             max_attachment_bytes: section.max_attachment_bytes,
         };
+        let data = commands::CommandData {
+            character: character.clone(),
+            control: app.control(),
+            access: access.clone(),
+            guild_memories_in_dm: settings.memory.guild_memories_in_dm,
+        };
+        let framework = poise::Framework::builder()
+            .options(poise::FrameworkOptions {
+                commands: commands::all(),
+                on_error: |error| Box::pin(on_command_error(error)),
+                ..Default::default()
+            })
+            .initialize_owners(false)
+            .setup(move |ctx, _ready, framework| {
+                Box::pin(async move {
+                    // Global commands: Discord propagates them to every guild the bot is in.
+                    if let Err(error) =
+                        poise::builtins::register_globally(ctx, &framework.options().commands).await
+                    {
+                        warn!(%error, "could not register slash commands");
+                    }
+                    Ok(data)
+                })
+            })
+            .build();
         let mut client = ClientBuilder::new_with_http(http, intents())
+            .framework(framework)
             .event_handler(handler)
             .await
             .map_err(|source| DiscordError::Client {
@@ -125,6 +150,26 @@ impl DiscordBots {
             manager.shutdown_all().await;
             task.abort();
             info!(%character, "Discord bot stopped");
+        }
+    }
+}
+
+/// A failing command answers the user (ephemerally) instead of failing silently.
+async fn on_command_error(
+    error: poise::FrameworkError<'_, commands::CommandData, commands::Error>,
+) {
+    match error {
+        poise::FrameworkError::Command { error, ctx, .. } => {
+            warn!(command = %ctx.command().name, error = %format!("{error:#}"), "slash command failed");
+            let reply = poise::CreateReply::default()
+                .content("Sorry, that didn't work. Please try again in a moment.")
+                .ephemeral(true);
+            let _ = ctx.send(reply).await;
+        }
+        other => {
+            if let Err(e) = poise::builtins::on_error(other).await {
+                warn!(error = %e, "could not report a command error");
+            }
         }
     }
 }
