@@ -260,6 +260,7 @@ fn who_gets_an_answer_follows_the_config() {
             s.discord.dm_allowlist = vec![USER];
             s.discord.blocked_users = vec![13];
             s.discord.open_channels = vec![OPEN_CHANNEL];
+            s.discord.blocked_channels = vec![666];
         })
         .await;
         let aria = rig.id("aria");
@@ -311,15 +312,35 @@ fn who_gets_an_answer_follows_the_config() {
             mentions: vec![],
             ..rig.mention("aria", "")
         });
+        // A thread the bot started answers without a mention; a thread in a blocked channel
+        // is blocked like its parent.
+        let own_thread = rig.emu.thread(GUILD, CHANNEL, aria);
+        let blocked_thread = rig.emu.thread(GUILD, 666, aria);
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let in_thread = rig.emu.post(Incoming {
+            author: USER,
+            guild: Some(GUILD),
+            channel: own_thread,
+            content: "continuing here".into(),
+            ..Default::default()
+        });
+        let in_blocked = rig.emu.post(Incoming {
+            author: USER,
+            guild: Some(GUILD),
+            channel: blocked_thread,
+            content: "and here".into(),
+            ..Default::default()
+        });
+        rig.wait_reply(in_thread, "echo: continuing here").await;
         rig.wait_reply(open, "echo: anyone around?").await;
         rig.wait_reply(dm, "echo: a private hello").await;
         rig.wait_reply(replied_to_bot, "echo: and what about tomorrow?")
             .await;
         tokio::time::sleep(Duration::from_millis(300)).await;
-        for id in ignored {
+        for id in ignored.into_iter().chain([in_blocked]) {
             assert!(rig.reply_writes(id).is_empty(), "message {id} was answered");
         }
-        assert_eq!(rig.llm.requests().len(), 3);
+        assert_eq!(rig.llm.requests().len(), 4);
         rig.stop().await;
     });
 }

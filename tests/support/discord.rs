@@ -281,6 +281,29 @@ impl DiscordEmulator {
         id
     }
 
+    /// A thread is created in `parent` by `owner`: every connected bot hears of it.
+    pub fn thread(&self, guild: u64, parent: u64, owner: u64) -> u64 {
+        let id = self.shared.next_id.fetch_add(1, Ordering::Relaxed);
+        let d = json!({
+            "id": id.to_string(),
+            "type": 11,
+            "guild_id": guild.to_string(),
+            "parent_id": parent.to_string(),
+            "owner_id": owner.to_string(),
+            "name": "a thread",
+            "thread_metadata": {"archived": false, "auto_archive_duration": 1440,
+                                "archive_timestamp": "2026-11-24T10:00:00.000000+00:00", "locked": false},
+            "flags": 0,
+        });
+        for gateway in self.shared.gateways.lock().unwrap().iter() {
+            let s = gateway.seq.fetch_add(1, Ordering::Relaxed) + 1;
+            let _ = gateway
+                .tx
+                .send(json!({"op": 0, "t": "THREAD_CREATE", "s": s, "d": d}));
+        }
+        id
+    }
+
     /// Delivers a message to every connected bot (each receives all messages, like Discord);
     /// returns its id.
     pub fn post(&self, m: Incoming) -> u64 {

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use actix::Addr;
-use serenity::all::{Context, EventHandler, Message, Ready, ResumedEvent};
+use serenity::all::{Context, EventHandler, GuildChannel, Message, Ready, ResumedEvent};
 use serenity::async_trait;
 use tracing::{debug, info, warn};
 use whisper_actors::messages::{FailureKind, ReplyStatus, ReplyUpdate};
@@ -22,6 +22,9 @@ const TEXT_EXTENSIONS: [&str; 12] = [
 
 pub struct Bot {
     pub character: String,
+    /// Threads seen created: thread id to (parent channel, owner). The cache only knows threads
+    /// of guilds it holds, and a thread's channel rules follow its parent.
+    pub threads: std::sync::Mutex<std::collections::HashMap<u64, (Option<u64>, Option<u64>)>>,
     pub access: Arc<Access>,
     pub router: ShardRouter,
     pub outbound: Addr<Outbound>,
@@ -39,13 +42,32 @@ impl EventHandler for Bot {
         info!(character = %self.character, bot = %ready.user.name, guilds = ready.guilds.len(), "connected to Discord");
     }
 
+    async fn thread_create(&self, _: Context, thread: GuildChannel) {
+        self.threads
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(
+                thread.id.get(),
+                (
+                    thread.parent_id.map(|p| p.get()),
+                    thread.owner_id.map(|o| o.get()),
+                ),
+            );
+    }
+
     async fn resume(&self, _: Context, _: ResumedEvent) {
         info!(character = %self.character, "Discord gateway session resumed");
     }
 
     async fn message(&self, ctx: Context, msg: Message) {
         let me = ctx.cache.current_user().id;
-        let (parent, thread_owner) = thread_of(&ctx, &msg);
+        let known = self
+            .threads
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&msg.channel_id.get())
+            .copied();
+        let (parent, thread_owner) = known.unwrap_or_else(|| thread_of(&ctx, &msg));
         let roles: Vec<u64> = msg
             .member
             .as_ref()

@@ -88,6 +88,7 @@ pub async fn start(app: &App, settings: &Settings) -> Result<DiscordBots, Discor
         };
         let handler = Bot {
             character: character.clone(),
+            threads: Default::default(),
             access: access.clone(),
             router: router.clone(),
             outbound,
