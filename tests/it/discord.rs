@@ -444,6 +444,10 @@ fn a_dropped_gateway_is_resumed() {
             tokio::time::sleep(Duration::from_millis(25)).await;
         }
         assert_eq!(rig.emu.connected(), 1, "reconnected");
+        assert!(
+            rig.emu.resumes() >= 1,
+            "the session was resumed, not restarted"
+        );
         let after = rig.emu.post(rig.mention("aria", "after"));
         rig.wait_reply(after, "echo: after").await;
         rig.stop().await;
