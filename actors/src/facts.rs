@@ -63,6 +63,22 @@ pub trait FactStore: Send + Sync + 'static {
     async fn forget_user(&self, user: &str) -> Result<u64, StoreError>;
 }
 
+/// Facts as the model (and the user) reads them: "- Ana lives in Porto", one per line.
+pub fn describe_facts(facts: &[Fact]) -> String {
+    facts
+        .iter()
+        .map(|f| {
+            format!(
+                "- {} {} {}",
+                f.subject,
+                f.predicate.replace('_', " "),
+                f.object
+            )
+        })
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
 fn mentions(text: &str, name: &str) -> bool {
     let name = name.to_lowercase();
     !name.is_empty()
@@ -147,18 +163,7 @@ impl ContextProvider for FactProvider {
         let body = if selected.is_empty() {
             "None known yet.".to_owned()
         } else {
-            selected
-                .iter()
-                .map(|f| {
-                    format!(
-                        "- {} {} {}",
-                        f.subject,
-                        f.predicate.replace('_', " "),
-                        f.object
-                    )
-                })
-                .collect::<Vec<_>>()
-                .join("\n")
+            describe_facts(&selected)
         };
         Ok(ContextPiece::Section(Section {
             title: "Facts about the user".into(),

@@ -169,7 +169,26 @@ pub fn chunk(text: &str, max_words: usize) -> Vec<String> {
         .collect()
 }
 
-fn describe_age(now_ms: i64, then_ms: i64) -> String {
+/// Memories as the model reads them: one line each, with their age and who said it.
+pub fn describe_memories<'a>(memories: impl Iterator<Item = &'a Candidate>, now_ms: i64) -> String {
+    memories
+        .map(|c| {
+            let who = match c.kind {
+                MemoryKind::Message => "the user said",
+                MemoryKind::Reply => "you said",
+                MemoryKind::Summary => "summary",
+            };
+            format!(
+                "- ({}) {who}: {}",
+                describe_age(now_ms, c.created_at_ms),
+                c.text
+            )
+        })
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+pub fn describe_age(now_ms: i64, then_ms: i64) -> String {
     let days = (now_ms - then_ms).max(0) / 86_400_000;
     match days {
         0 => "today".into(),
@@ -215,22 +234,7 @@ impl ContextProvider for MemoryProvider {
         let body = if ranked.is_empty() {
             "Nothing relevant yet.".to_owned()
         } else {
-            ranked
-                .iter()
-                .map(|(_, c)| {
-                    let who = match c.kind {
-                        MemoryKind::Message => "the user said",
-                        MemoryKind::Reply => "you said",
-                        MemoryKind::Summary => "summary",
-                    };
-                    format!(
-                        "- ({}) {who}: {}",
-                        describe_age(now, c.created_at_ms),
-                        c.text
-                    )
-                })
-                .collect::<Vec<_>>()
-                .join("\n")
+            describe_memories(ranked.iter().map(|(_, c)| c), now)
         };
         Ok(ContextPiece::Section(Section {
             title: "What you remember about this user".into(),

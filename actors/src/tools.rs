@@ -17,10 +17,13 @@ use serde::Deserialize;
 use serde_json::json;
 use tracing::{Instrument, info_span, warn};
 
-use crate::facts::{FactStore, about};
+use crate::facts::{FactStore, about, describe_facts};
 use crate::key::{ConversationKey, Scope};
-use crate::memory::{AllowedScopes, MemoryKind, MemoryQuery, MemoryStore, RankSettings, rank};
-use crate::ports::{ChatMessage, Embedder, ToolCall, ToolSpec};
+use crate::memory::{
+    AllowedScopes, MemoryKind, MemoryQuery, MemoryStore, RankSettings, describe_age,
+    describe_memories, rank,
+};
+use crate::ports::{ChatMessage, Embedder, Embedding, ToolCall, ToolSpec};
 
 /// Whose data a tool may read: fixed by the pipeline, never by the model.
 #[derive(Clone, Debug)]
@@ -146,12 +149,14 @@ impl Toolbox {
     }
 }
 
-fn describe_age(now_ms: i64, then_ms: i64) -> String {
-    match (now_ms - then_ms).max(0) / 86_400_000 {
-        0 => "today".into(),
-        1 => "yesterday".into(),
-        n => format!("{n} days ago"),
-    }
+/// Embeds one query (the tools' searches are worded by the model, not the user's message).
+async fn embed_query(embedder: &dyn Embedder, query: String) -> Result<Embedding, ToolError> {
+    embedder
+        .embed(vec![query])
+        .await
+        .map_err(|e| ToolError::Failed(e.to_string()))?
+        .pop()
+        .ok_or_else(|| ToolError::Failed("the embedder returned nothing".into()))
 }
 
 /// `search_memories(query)`: the user's memories closest to a query the model words itself
@@ -187,13 +192,7 @@ impl Tool for SearchMemories {
         if query.trim().is_empty() {
             return Err(ToolError::Arguments("query is empty".into()));
         }
-        let vector = self
-            .embedder
-            .embed(vec![query])
-            .await
-            .map_err(|e| ToolError::Failed(e.to_string()))?
-            .pop()
-            .ok_or_else(|| ToolError::Failed("the embedder returned nothing".into()))?;
+        let vector = embed_query(self.embedder.as_ref(), query).await?;
         let candidates = self
             .store
             .search(MemoryQuery {
@@ -208,22 +207,7 @@ impl Tool for SearchMemories {
         if ranked.is_empty() {
             return Ok("No matching memories.".into());
         }
-        Ok(ranked
-            .iter()
-            .map(|(_, c)| {
-                let who = match c.kind {
-                    MemoryKind::Message => "the user said",
-                    MemoryKind::Reply => "you said",
-                    MemoryKind::Summary => "summary",
-                };
-                format!(
-                    "- ({}) {who}: {}",
-                    describe_age(now, c.created_at_ms),
-                    c.text
-                )
-            })
-            .collect::<Vec<_>>()
-            .join("\n"))
+        Ok(describe_memories(ranked.iter().map(|(_, c)| c), now))
     }
 }
 
@@ -262,18 +246,7 @@ impl Tool for LookupFacts {
         if found.is_empty() {
             return Ok(format!("Nothing known about {entity}."));
         }
-        Ok(found
-            .iter()
-            .map(|f| {
-                format!(
-                    "- {} {} {}",
-                    f.subject,
-                    f.predicate.replace('_', " "),
-                    f.object
-                )
-            })
-            .collect::<Vec<_>>()
-            .join("\n"))
+        Ok(describe_facts(&found))
     }
 }
 
@@ -312,13 +285,7 @@ impl Tool for RecallSummaries {
         let allowed = AllowedScopes::for_scope(&scope.scope, self.guild_memories_in_dm);
         let mut summaries = match query.filter(|q| !q.trim().is_empty()) {
             Some(query) => {
-                let vector = self
-                    .embedder
-                    .embed(vec![query])
-                    .await
-                    .map_err(|e| ToolError::Failed(e.to_string()))?
-                    .pop()
-                    .ok_or_else(|| ToolError::Failed("the embedder returned nothing".into()))?;
+                let vector = embed_query(self.embedder.as_ref(), query).await?;
                 let mut found = self
                     .store
                     .search(MemoryQuery {

@@ -63,18 +63,7 @@ pub async fn facts(ctx: Ctx<'_>) -> Result<(), Error> {
     let text = if facts.is_empty() {
         "I don't know any facts about you yet.".to_owned()
     } else {
-        facts
-            .iter()
-            .map(|f| {
-                format!(
-                    "- {} {} {}",
-                    f.subject,
-                    f.predicate.replace('_', " "),
-                    f.object
-                )
-            })
-            .collect::<Vec<_>>()
-            .join("\n")
+        whisper_actors::facts::describe_facts(&facts)
     };
     ctx.say(clip(&text, 1900)).await?;
     Ok(())

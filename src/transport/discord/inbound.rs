@@ -20,11 +20,14 @@ const TEXT_EXTENSIONS: [&str; 12] = [
     "txt", "md", "csv", "json", "log", "toml", "yaml", "yml", "rs", "py", "js", "ts",
 ];
 
+/// A thread's parent channel and owner.
+pub type ThreadInfo = (Option<u64>, Option<u64>);
+
 pub struct Bot {
     pub character: String,
     /// Threads seen created: thread id to (parent channel, owner). The cache only knows threads
     /// of guilds it holds, and a thread's channel rules follow its parent.
-    pub threads: std::sync::Mutex<std::collections::HashMap<u64, (Option<u64>, Option<u64>)>>,
+    pub threads: std::sync::Mutex<std::collections::HashMap<u64, ThreadInfo>>,
     pub access: Arc<Access>,
     pub router: ShardRouter,
     pub outbound: Addr<Outbound>,

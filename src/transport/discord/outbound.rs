@@ -32,10 +32,12 @@ pub struct ChannelLimiter {
 }
 
 impl ChannelLimiter {
+    /// Discord counts writes when they arrive, and requests do not all take equally long to get
+    /// there, so the window kept here is a tenth longer than Discord's.
     pub fn new(writes: usize, window: Duration) -> Self {
         Self {
             writes: writes.max(1),
-            window,
+            window: window + window / 10,
             recent: Mutex::new(HashMap::new()),
             forbidden: Mutex::new(HashSet::new()),
         }
