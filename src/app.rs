@@ -18,11 +18,12 @@ use whisper_actors::supervision::RestartPolicy;
 use whisper_actors::{CharacterSet, Runtime, RuntimeParts, RuntimeSettings, ShardRouter};
 
 use crate::classifier;
-use crate::config::Settings;
+use crate::config::{HistoryBackend, Settings};
 use crate::embed::LocalEmbedder;
 use crate::llm::local_server::LocalServer;
 use crate::llm::openai::OpenAiChat;
 use crate::status;
+use crate::store::postgres::PgHistory;
 use crate::store::sqlite::{self, SqliteHistory};
 use crate::store::sqlite_facts::SqliteFacts;
 use crate::store::sqlite_jobs::SqliteJobs;
@@ -164,11 +165,37 @@ impl UserData {
     }
 }
 
+/// The configured history store (embedded SQLite or PostgreSQL) and its pool's stats.
+async fn history_store(
+    settings: &Settings,
+    db: &std::path::Path,
+) -> anyhow::Result<(Arc<dyn HistoryStore>, Arc<whisper_actors::stats::PoolStats>)> {
+    Ok(match settings.storage.history {
+        HistoryBackend::Sqlite => {
+            let store = SqliteHistory::start(db.to_owned(), settings.pools.history);
+            let stats = store.stats();
+            (Arc::new(store), stats)
+        }
+        HistoryBackend::Postgres => {
+            let store = PgHistory::connect(
+                &settings.storage.postgres_url,
+                settings.pools.postgres,
+                settings.storage.connect_timeout,
+            )
+            .await
+            .context("opening the history store (storage.history = \"postgres\")")?;
+            let stats = store.stats();
+            (Arc::new(store), stats)
+        }
+    })
+}
+
 /// Opens the stores without starting the runtime (the `forget` command).
-pub fn open_user_data(settings: &Settings) -> anyhow::Result<UserData> {
+pub async fn open_user_data(settings: &Settings) -> anyhow::Result<UserData> {
     let db = sqlite::prepare(&settings.storage.data_dir)?;
+    let (history, _) = history_store(settings, &db).await?;
     Ok(UserData {
-        history: Arc::new(SqliteHistory::start(db.clone(), 1)),
+        history,
         memory: Arc::new(SqliteMemory::start(db.clone(), 1, 1)),
         facts: Arc::new(SqliteFacts::start(db.clone())),
         jobs: Arc::new(SqliteJobs::start(db)),
@@ -270,7 +297,7 @@ impl App {
     ) -> anyhow::Result<App> {
         let data_dir = settings.storage.data_dir.clone();
         let db = sqlite::prepare(&data_dir)?;
-        let history = SqliteHistory::start(db.clone(), settings.pools.history);
+        let (history, history_stats) = history_store(&settings, &db).await?;
         let memory = SqliteMemory::start(
             db.clone(),
             settings.pools.memory,
@@ -278,8 +305,7 @@ impl App {
         );
         let facts: Arc<dyn FactStore> = Arc::new(SqliteFacts::start(db.clone()));
         let jobs: Arc<dyn JobQueue> = Arc::new(SqliteJobs::start(db));
-        let (history_stats, memory_stats) = (history.stats(), memory.stats());
-        let history: Arc<dyn HistoryStore> = Arc::new(history);
+        let memory_stats = memory.stats();
         let memory: Arc<dyn MemoryStore> = Arc::new(memory);
         let user_data = UserData {
             history: history.clone(),

@@ -130,7 +130,8 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             let system = actix::System::new();
             let user = user.clone();
             system.block_on(async move {
-                let report = whisperengine::app::open_user_data(&settings)?
+                let report = whisperengine::app::open_user_data(&settings)
+                    .await?
                     .forget(&user)
                     .await?;
                 println!("{user}: {report}");

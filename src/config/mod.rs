@@ -74,6 +74,7 @@ pub struct SupervisionSection {
 #[serde(deny_unknown_fields)]
 pub struct PoolsSection {
     pub history: usize,
+    pub postgres: usize,
     pub embedder: usize,
     pub memory: usize,
     pub llm_concurrency: usize,
@@ -243,6 +244,18 @@ pub struct StreamingSection {
 #[serde(deny_unknown_fields)]
 pub struct StorageSection {
     pub data_dir: PathBuf,
+    pub history: HistoryBackend,
+    pub postgres_url: String,
+    #[serde(with = "humantime_serde")]
+    pub connect_timeout: Duration,
+}
+
+/// Where conversation history and profiles live.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum HistoryBackend {
+    Sqlite,
+    Postgres,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -317,7 +330,7 @@ pub fn load(overrides: &Overrides) -> Result<Loaded, ConfigError> {
 
 fn validate(loaded: &Loaded) -> Result<(), ConfigError> {
     let s = &loaded.settings;
-    let positive: [(&str, u64); 19] = [
+    let positive: [(&str, u64); 20] = [
         ("discord.channel_writes", s.discord.channel_writes as u64),
         ("tools.summaries", s.tools.summaries as u64),
         ("runtime.shards", s.runtime.shards as u64),
@@ -327,6 +340,7 @@ fn validate(loaded: &Loaded) -> Result<(), ConfigError> {
             s.runtime.max_conversations_per_shard as u64,
         ),
         ("pools.history", s.pools.history as u64),
+        ("pools.postgres", s.pools.postgres as u64),
         ("pools.embedder", s.pools.embedder as u64),
         ("pools.memory", s.pools.memory as u64),
         ("memory.top_k", s.memory.top_k as u64),
@@ -361,6 +375,7 @@ fn validate(loaded: &Loaded) -> Result<(), ConfigError> {
         ("jobs.lease", s.jobs.lease),
         ("tools.timeout", s.tools.timeout),
         ("discord.channel_window", s.discord.channel_window),
+        ("storage.connect_timeout", s.storage.connect_timeout),
         ("jobs.poll_interval", s.jobs.poll_interval),
     ];
     for (key, value) in durations {

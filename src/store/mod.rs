@@ -1,6 +1,8 @@
 //! Store adapters. The embedded default keeps everything in one SQLite database in the data
 //! directory; server-mode adapters implement the same `whisper_actors::ports` traits.
 
+pub mod postgres;
+pub mod server;
 pub mod sqlite;
 pub mod sqlite_facts;
 pub mod sqlite_jobs;

@@ -18,6 +18,7 @@ mod local_llm;
 mod memory;
 mod ordering;
 mod passivation;
+mod stores;
 mod streaming;
 mod supervision;
 mod tools;

@@ -1,0 +1,258 @@
+//! One contract per store trait, run against every implementation: the embedded SQLite one and
+//! the server one (PostgreSQL on this machine, in a schema of its own per test).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use whisper_actors::ports::{HistoryStore, Turn};
+use whisper_actors::{ConversationKey, Scope};
+use whisperengine::store::postgres::PgHistory;
+use whisperengine::store::sqlite::{self, SqliteHistory};
+
+use crate::support::app::{Client, extras, is_done, run_actix, settings, start};
+use crate::support::openai_server::ScriptedLlm;
+
+/// A throwaway schema in the local PostgreSQL `test` database; dropped on drop.
+pub struct PgSchema {
+    pub name: String,
+}
+
+impl PgSchema {
+    pub async fn create() -> PgSchema {
+        let name = format!(
+            "t_{}_{}",
+            std::process::id(),
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap()
+                .as_nanos()
+        );
+        let (client, conn) = tokio_postgres::connect(
+            "host=127.0.0.1 port=5432 user=postgres dbname=test",
+            tokio_postgres::NoTls,
+        )
+        .await
+        .expect("PostgreSQL on 127.0.0.1:5432 (database test)");
+        tokio::spawn(conn);
+        client
+            .batch_execute(&format!("CREATE SCHEMA {name}"))
+            .await
+            .unwrap();
+        PgSchema { name }
+    }
+
+    /// A connection string whose default schema is this one.
+    pub fn url(&self) -> String {
+        format!(
+            "host=127.0.0.1 port=5432 user=postgres dbname=test options='-c search_path={}'",
+            self.name
+        )
+    }
+}
+
+impl Drop for PgSchema {
+    fn drop(&mut self) {
+        let sql = format!("DROP SCHEMA IF EXISTS {} CASCADE", self.name);
+        // A plain thread: the test's runtime may be gone by now.
+        let _ = std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            rt.block_on(async move {
+                if let Ok((client, conn)) = tokio_postgres::connect(
+                    "host=127.0.0.1 port=5432 user=postgres dbname=test",
+                    tokio_postgres::NoTls,
+                )
+                .await
+                {
+                    tokio::spawn(conn);
+                    let _ = client.batch_execute(&sql).await;
+                }
+            })
+        })
+        .join();
+    }
+}
+
+fn turn(key: &ConversationKey, scope: Scope, n: i64) -> Turn {
+    Turn {
+        key: key.clone(),
+        scope,
+        user_message: format!("m{n}"),
+        reply: format!("r{n}"),
+        created_at_ms: 1_000 + n * 10,
+        replied_at_ms: 1_005 + n * 10,
+    }
+}
+
+async fn history_contract(store: Arc<dyn HistoryStore>) {
+    let a = ConversationKey::new("aria", "u:a");
+    let a_marlowe = ConversationKey::new("marlowe", "u:a");
+    let b = ConversationKey::new("aria", "u:b");
+    assert!(
+        store
+            .recent_turns(&a, &Scope::Direct, 10)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    assert_eq!(store.profile("u:a").await.unwrap(), None);
+
+    for n in 0..5 {
+        store
+            .record_turn(&turn(&a, Scope::Direct, n), "Ann")
+            .await
+            .unwrap();
+    }
+    store
+        .record_turn(&turn(&a, Scope::Guild(1), 100), "Ann")
+        .await
+        .unwrap();
+    store
+        .record_turn(&turn(&a_marlowe, Scope::Direct, 200), "Annie")
+        .await
+        .unwrap();
+    store
+        .record_turn(&turn(&b, Scope::Direct, 300), "Bo")
+        .await
+        .unwrap();
+
+    let texts = |turns: Vec<Turn>| {
+        turns
+            .into_iter()
+            .map(|t| t.user_message)
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(
+        texts(store.recent_turns(&a, &Scope::Direct, 3).await.unwrap()),
+        ["m2", "m3", "m4"],
+        "the newest, oldest first"
+    );
+    assert_eq!(
+        texts(store.recent_turns(&a, &Scope::Guild(1), 10).await.unwrap()),
+        ["m100"]
+    );
+    assert!(
+        store
+            .recent_turns(&a, &Scope::Guild(2), 10)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    assert_eq!(
+        texts(
+            store
+                .recent_turns(&a_marlowe, &Scope::Direct, 10)
+                .await
+                .unwrap()
+        ),
+        ["m200"]
+    );
+    let full = store.recent_turns(&a, &Scope::Direct, 1).await.unwrap();
+    assert_eq!(full, vec![turn(&a, Scope::Direct, 4)]);
+
+    let profile = store.profile("u:a").await.unwrap().unwrap();
+    assert_eq!(
+        profile.message_count, 7,
+        "one profile across characters and scopes"
+    );
+    assert_eq!(profile.display_name, "Annie");
+    assert_eq!(profile.first_seen_ms, 1_000);
+    assert_eq!(profile.last_seen_ms, 1_005 + 200 * 10);
+
+    assert_eq!(store.forget_user("u:a").await.unwrap(), (7, 1));
+    assert!(
+        store
+            .recent_turns(&a, &Scope::Direct, 10)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    assert_eq!(store.profile("u:a").await.unwrap(), None);
+    assert_eq!(
+        store.profile("u:b").await.unwrap().unwrap().message_count,
+        1
+    );
+    assert_eq!(store.forget_user("u:a").await.unwrap(), (0, 0));
+}
+
+#[test]
+fn the_sqlite_history_store_meets_the_contract() {
+    run_actix(|| async {
+        let dir = tempfile::tempdir().unwrap();
+        let db = sqlite::prepare(dir.path()).unwrap();
+        history_contract(Arc::new(SqliteHistory::start(db, 2))).await;
+    });
+}
+
+#[test]
+fn the_postgres_history_store_meets_the_contract() {
+    run_actix(|| async {
+        let schema = PgSchema::create().await;
+        let store = PgHistory::connect(&schema.url(), 4, Duration::from_secs(5))
+            .await
+            .unwrap();
+        history_contract(Arc::new(store)).await;
+        // Connecting again finds the schema migrated and changes nothing.
+        PgHistory::connect(&schema.url(), 1, Duration::from_secs(5))
+            .await
+            .unwrap();
+    });
+}
+
+/// A server that is not there is named, with its URL, after `storage.connect_timeout`.
+#[test]
+fn an_unreachable_postgres_is_a_clear_startup_error() {
+    run_actix(|| async {
+        let error = PgHistory::connect(
+            "postgres://bot:hunter2@127.0.0.1:1/whisper",
+            1,
+            Duration::from_millis(500),
+        )
+        .await
+        .err()
+        .expect("no server on port 1");
+        let text = error.to_string();
+        assert!(
+            text.contains("postgres at postgres://bot:***@127.0.0.1:1/whisper"),
+            "{text}"
+        );
+        assert!(!text.contains("hunter2"));
+    });
+}
+
+/// The whole bot with its history in PostgreSQL: a conversation survives a restart.
+#[test]
+fn the_bot_keeps_history_in_postgres_when_configured() {
+    run_actix(|| async {
+        let schema = PgSchema::create().await;
+        let llm = ScriptedLlm::start().await;
+        let dir = tempfile::tempdir().unwrap();
+        let mut s = settings(dir.path(), &llm.base_url());
+        s.storage.history = whisperengine::config::HistoryBackend::Postgres;
+        s.storage.postgres_url = schema.url();
+        s.classifier.enabled = false;
+        let app = start(s.clone(), extras(vec![])).await;
+        let mut pia = Client::new("aria", "test:pia");
+        assert!(is_done(&pia.ask(&app, "remember the blue umbrella").await));
+        app.shutdown().await;
+
+        let app = start(s, extras(vec![])).await;
+        let mut pia = Client::new("aria", "test:pia");
+        assert!(is_done(&pia.ask(&app, "what did I say?").await));
+        let prompt = llm.requests().pop().unwrap().contents().join("\n");
+        assert!(prompt.contains("remember the blue umbrella"), "{prompt}");
+        app.shutdown().await;
+        let (client, conn) = tokio_postgres::connect(&schema.url(), tokio_postgres::NoTls)
+            .await
+            .unwrap();
+        tokio::spawn(conn);
+        let n: i64 = client
+            .query_one("SELECT COUNT(*) FROM turns WHERE user_id = 'test:pia'", &[])
+            .await
+            .unwrap()
+            .get(0);
+        assert_eq!(n, 2);
+    });
+}
