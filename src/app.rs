@@ -207,6 +207,7 @@ pub struct App {
     runtime: Runtime,
     local_llm: Option<LocalServer>,
     reporter: JoinHandle<()>,
+    endpoint: Option<crate::observe::Endpoint>,
     settings: Settings,
 }
 
@@ -385,6 +386,20 @@ impl App {
         );
         let stats = runtime.stats();
         info!(target: "whisperengine::status", "{}", stats.snapshot().summary_line());
+        let metrics = if settings.metrics.address.is_empty() {
+            None
+        } else {
+            let llm = endpoint.starts_with("http").then(|| endpoint.clone());
+            Some(
+                crate::observe::Endpoint::start(
+                    &settings.metrics.address,
+                    stats.clone(),
+                    user_data.clone(),
+                    llm,
+                )
+                .await?,
+            )
+        };
         let reporter =
             status::spawn_reporter(stats, data_dir, settings.runtime.status_interval, endpoint);
         Ok(App {
@@ -392,6 +407,7 @@ impl App {
             runtime,
             local_llm,
             reporter,
+            endpoint: metrics,
             settings,
         })
     }
@@ -401,6 +417,11 @@ impl App {
     }
 
     /// The local model server's pid, when the embedded default runs one.
+    /// Where `/metrics` and `/healthz` listen, if enabled.
+    pub fn metrics_address(&self) -> Option<std::net::SocketAddr> {
+        self.endpoint.as_ref().map(|e| e.address)
+    }
+
     pub fn local_llm_pid(&self) -> Option<u32> {
         self.local_llm.as_ref().and_then(LocalServer::pid)
     }
@@ -441,6 +462,9 @@ impl App {
             .await;
         info!(drained, "runtime stopped");
         self.reporter.abort();
+        if let Some(endpoint) = self.endpoint {
+            endpoint.stop();
+        }
         status::clear(&self.settings.storage.data_dir);
         if let Some(server) = self.local_llm {
             server.shutdown().await;

@@ -6,6 +6,7 @@ pub mod classifier;
 pub mod config;
 pub mod embed;
 pub mod llm;
+pub mod observe;
 pub mod status;
 pub mod store;
 pub mod telemetry;

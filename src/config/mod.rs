@@ -39,6 +39,7 @@ pub struct Settings {
     pub jobs: JobsSection,
     pub streaming: StreamingSection,
     pub discord: DiscordSection,
+    pub metrics: MetricsSection,
     pub storage: StorageSection,
     pub characters: CharactersSection,
     pub logging: LoggingSection,
@@ -151,6 +152,13 @@ pub struct FactsSection {
     pub min_confidence: f32,
     pub hops: usize,
     pub single_valued: Vec<String>,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MetricsSection {
+    /// Where `/metrics` and `/healthz` listen, e.g. "127.0.0.1:9464"; empty: off.
+    pub address: String,
 }
 
 /// Who may talk to the bots in direct messages.

@@ -16,6 +16,7 @@ mod forget;
 mod llm_errors;
 mod local_llm;
 mod memory;
+mod observe;
 mod ordering;
 mod passivation;
 mod stores;

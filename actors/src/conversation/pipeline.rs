@@ -288,6 +288,7 @@ async fn run(deps: Arc<ConversationDeps>, input: TurnInput) -> TurnReport {
         "reply complete"
     );
     stats.replies.inc();
+    record_metrics(&timings);
     send_final(relayed.text.clone(), ReplyStatus::Done(timings));
 
     // 4. Persist after the user has the reply: it adds nothing to their wait. The shard is only
@@ -337,6 +338,35 @@ async fn run(deps: Arc<ConversationDeps>, input: TurnInput) -> TurnReport {
     }
     report.completed = Some(turn);
     report
+}
+
+/// Per-step latency histograms and reply counters, for the metrics endpoint (the `metrics`
+/// facade: a no-op unless the application installs a recorder).
+fn record_metrics(t: &Timings) {
+    let steps = [
+        ("queued", Some(t.queued)),
+        ("context", Some(t.context)),
+        ("prompt_ready", Some(t.prompt_ready)),
+        ("first_token", t.first_token),
+        ("tools", (t.tool_calls > 0).then_some(t.tools)),
+        ("total", Some(t.total)),
+    ];
+    for (step, elapsed) in steps {
+        if let Some(elapsed) = elapsed {
+            metrics::histogram!("whisper_step_seconds", "step" => step)
+                .record(elapsed.as_secs_f64());
+        }
+    }
+    let route = match t.route {
+        Some(crate::classify::Route::Fast) => "fast",
+        Some(crate::classify::Route::Full) => "full",
+        None => "unclassified",
+    };
+    metrics::counter!("whisper_replies_by_route_total", "route" => route).increment(1);
+    for provider in &t.degraded {
+        metrics::counter!("whisper_degraded_context_total", "provider" => provider.clone())
+            .increment(1);
+    }
 }
 
 fn failed(
