@@ -29,7 +29,9 @@ usage: ./bot.sh <command> [args...]
                     (e.g. ./bot.sh run --character aria --user alice)
   test              provision test needs and run the whole test suite
   bench [scenario]  run the runtime benchmarks: overhead, load, idle (default: all)
-  provision         provision the local LLM server and model into $WHISPER_CACHE
+  provision [embeddings]
+                    provision the embedding model (and, without "embeddings", the local LLM
+                    server and model) into $WHISPER_CACHE
   status            print the runtime status (shards, pools, queues, restarts)
   config-check      print the effective configuration (secrets redacted) and validate it
   help              this text
@@ -221,7 +223,12 @@ main() {
     run) cmd_run "$@" ;;
     test) cmd_test "$@" ;;
     bench) cmd_bench "$@" ;;
-    provision) provision ;;
+    provision)
+      case "${1:-all}" in
+        embeddings) provision_embeddings ;;
+        all) provision ;;
+        *) die "provision what? all (default) or embeddings" ;;
+      esac ;;
     status) build_release && cd "$ROOT" && exec "$ROOT/target/release/whisperengine" status "$@" ;;
     config-check) build_release && cd "$ROOT" && exec "$ROOT/target/release/whisperengine" config check "$@" ;;
     help | -h | --help) usage ;;
