@@ -43,6 +43,16 @@ fn metrics_and_health_are_served() {
             assert!(body.contains(expected), "{expected} missing from:\n{body}");
         }
 
+        // The Grafana dashboard and the docs only name metrics the bot exports.
+        let dashboard = std::fs::read_to_string(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/docker/grafana/dashboards/whisperengine.json"
+        ))
+        .unwrap();
+        for name in metric_names(&dashboard) {
+            assert!(body.contains(&name), "dashboard uses {name}, not exported");
+        }
+
         let (status, body) = get(format!("http://{addr}/healthz")).await;
         assert_eq!(status, 200, "{body}");
         let health: serde_json::Value = serde_json::from_str(&body).unwrap();
@@ -72,4 +82,21 @@ fn health_names_what_is_down() {
         assert_eq!(health["checks"]["history"]["ok"], true);
         app.shutdown().await;
     });
+}
+
+/// Every `whisper_*` metric name in `text`.
+fn metric_names(text: &str) -> Vec<String> {
+    let mut names: Vec<String> = text
+        .match_indices("whisper_")
+        .map(|(at, _)| {
+            text[at..]
+                .chars()
+                .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
+                .collect()
+        })
+        .collect();
+    names.sort();
+    names.dedup();
+    assert!(names.len() > 10, "{names:?}");
+    names
 }
