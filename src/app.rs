@@ -18,12 +18,13 @@ use whisper_actors::supervision::RestartPolicy;
 use whisper_actors::{CharacterSet, Runtime, RuntimeParts, RuntimeSettings, ShardRouter};
 
 use crate::classifier;
-use crate::config::{HistoryBackend, Settings};
+use crate::config::{HistoryBackend, JobsBackend, Settings};
 use crate::embed::LocalEmbedder;
 use crate::llm::local_server::LocalServer;
 use crate::llm::openai::OpenAiChat;
 use crate::status;
 use crate::store::postgres::PgHistory;
+use crate::store::redis_jobs::RedisJobs;
 use crate::store::sqlite::{self, SqliteHistory};
 use crate::store::sqlite_facts::SqliteFacts;
 use crate::store::sqlite_jobs::SqliteJobs;
@@ -190,6 +191,22 @@ async fn history_store(
     })
 }
 
+/// The configured job queue (embedded SQLite or Redis Streams).
+async fn job_queue(settings: &Settings, db: &std::path::Path) -> anyhow::Result<Arc<dyn JobQueue>> {
+    Ok(match settings.storage.jobs {
+        JobsBackend::Sqlite => Arc::new(SqliteJobs::start(db.to_owned())),
+        JobsBackend::Redis => Arc::new(
+            RedisJobs::connect(
+                &settings.storage.redis_url,
+                &settings.storage.redis_prefix,
+                settings.storage.connect_timeout,
+            )
+            .await
+            .context("opening the job queue (storage.jobs = \"redis\")")?,
+        ),
+    })
+}
+
 /// Opens the stores without starting the runtime (the `forget` command).
 pub async fn open_user_data(settings: &Settings) -> anyhow::Result<UserData> {
     let db = sqlite::prepare(&settings.storage.data_dir)?;
@@ -198,7 +215,7 @@ pub async fn open_user_data(settings: &Settings) -> anyhow::Result<UserData> {
         history,
         memory: Arc::new(SqliteMemory::start(db.clone(), 1, 1)),
         facts: Arc::new(SqliteFacts::start(db.clone())),
-        jobs: Arc::new(SqliteJobs::start(db)),
+        jobs: job_queue(settings, &db).await?,
     })
 }
 
@@ -305,7 +322,7 @@ impl App {
             settings.memory.cached_users,
         );
         let facts: Arc<dyn FactStore> = Arc::new(SqliteFacts::start(db.clone()));
-        let jobs: Arc<dyn JobQueue> = Arc::new(SqliteJobs::start(db));
+        let jobs = job_queue(&settings, &db).await?;
         let memory_stats = memory.stats();
         let memory: Arc<dyn MemoryStore> = Arc::new(memory);
         let user_data = UserData {

@@ -254,8 +254,20 @@ pub struct StorageSection {
     pub data_dir: PathBuf,
     pub history: HistoryBackend,
     pub postgres_url: String,
+    pub jobs: JobsBackend,
+    pub redis_url: String,
+    /// Namespace of every Redis key (several bots can share a server).
+    pub redis_prefix: String,
     #[serde(with = "humantime_serde")]
     pub connect_timeout: Duration,
+}
+
+/// Where the durable job queue lives.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum JobsBackend {
+    Sqlite,
+    Redis,
 }
 
 /// Where conversation history and profiles live.

@@ -2,6 +2,7 @@
 //! directory; server-mode adapters implement the same `whisper_actors::ports` traits.
 
 pub mod postgres;
+pub mod redis_jobs;
 pub mod server;
 pub mod sqlite;
 pub mod sqlite_facts;

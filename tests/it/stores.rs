@@ -4,10 +4,13 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use whisper_actors::jobs::{FailOutcome, JobQueue, NewJob, QueueCounts};
 use whisper_actors::ports::{HistoryStore, Turn};
 use whisper_actors::{ConversationKey, Scope};
 use whisperengine::store::postgres::PgHistory;
+use whisperengine::store::redis_jobs::RedisJobs;
 use whisperengine::store::sqlite::{self, SqliteHistory};
+use whisperengine::store::sqlite_jobs::SqliteJobs;
 
 use crate::support::app::{Client, extras, is_done, run_actix, settings, start};
 use crate::support::openai_server::ScriptedLlm;
@@ -254,5 +257,177 @@ fn the_bot_keeps_history_in_postgres_when_configured() {
             .unwrap()
             .get(0);
         assert_eq!(n, 2);
+    });
+}
+
+fn counts(ready: u64, leased: u64, dead: u64) -> QueueCounts {
+    QueueCounts {
+        ready,
+        leased,
+        dead,
+    }
+}
+
+fn new_job(id: &str, user: &str) -> NewJob {
+    NewJob {
+        id: id.into(),
+        kind: "test".into(),
+        user: user.into(),
+        payload: format!("payload of {id}"),
+    }
+}
+
+async fn jobs_contract(q: Arc<dyn JobQueue>) {
+    let long = Duration::from_secs(60);
+    // Idempotent ids.
+    assert!(q.enqueue(new_job("a", "u1")).await.unwrap());
+    assert!(
+        !q.enqueue(new_job("a", "u1")).await.unwrap(),
+        "the same id is stored once"
+    );
+    assert!(q.enqueue(new_job("b", "u2")).await.unwrap());
+    assert_eq!(q.counts().await.unwrap(), counts(2, 0, 0));
+
+    // Leases: each job to one worker at a time.
+    let first = q.lease(long).await.unwrap().unwrap();
+    let second = q.lease(long).await.unwrap().unwrap();
+    assert!(q.lease(long).await.unwrap().is_none());
+    let mut ids = vec![first.id.clone(), second.id.clone()];
+    ids.sort();
+    assert_eq!(ids, ["a", "b"]);
+    assert_eq!((first.attempt, second.attempt), (1, 1));
+    assert_eq!(first.payload, format!("payload of {}", first.id));
+    assert_eq!(q.counts().await.unwrap(), counts(0, 2, 0));
+    q.ack(&first.id).await.unwrap();
+    assert_eq!(q.counts().await.unwrap(), counts(0, 1, 0));
+
+    // A failure retries after its backoff, then dead-letters.
+    assert_eq!(
+        q.fail(&second, "boom", Duration::from_millis(300), 2)
+            .await
+            .unwrap(),
+        FailOutcome::Retry
+    );
+    assert!(q.lease(long).await.unwrap().is_none(), "not due yet");
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    let again = q.lease(long).await.unwrap().expect("due again");
+    assert_eq!((again.id.as_str(), again.attempt), (second.id.as_str(), 2));
+    assert_eq!(
+        q.fail(&again, "boom again", Duration::ZERO, 2)
+            .await
+            .unwrap(),
+        FailOutcome::DeadLettered
+    );
+    assert_eq!(q.counts().await.unwrap(), counts(0, 0, 1));
+    assert!(q.lease(long).await.unwrap().is_none());
+    assert!(
+        !q.enqueue(new_job(&second.id, "u2")).await.unwrap(),
+        "a dead id is still known"
+    );
+
+    // A lease that is not acked in time makes the job due again (its worker died).
+    let short = Duration::from_millis(200);
+    q.enqueue(new_job("c", "u1")).await.unwrap();
+    let c = q.lease(short).await.unwrap().unwrap();
+    assert!(q.lease(short).await.unwrap().is_none(), "still leased");
+    tokio::time::sleep(Duration::from_millis(350)).await;
+    let c2 = q.lease(short).await.unwrap().expect("lease expired");
+    assert_eq!((c2.id.as_str(), c2.attempt), ("c", 2));
+    assert_eq!(c.id, c2.id);
+    q.ack("c").await.unwrap();
+
+    // Forget: queued, leased and dead jobs of the user go; others stay.
+    q.enqueue(new_job("d", "u1")).await.unwrap();
+    q.enqueue(new_job("e", "u1")).await.unwrap();
+    q.enqueue(new_job("f", "u3")).await.unwrap();
+    let leased = q.lease(long).await.unwrap().unwrap();
+    assert_eq!(q.forget_user("u2").await.unwrap(), 1, "the dead letter");
+    let expected_u1 = 2;
+    assert_eq!(q.forget_user("u1").await.unwrap(), expected_u1);
+    let remaining = q.counts().await.unwrap();
+    if leased.user == "u3" {
+        assert_eq!(remaining, counts(0, 1, 0));
+    } else {
+        assert_eq!(remaining, counts(1, 0, 0));
+        let f = q.lease(long).await.unwrap().unwrap();
+        assert_eq!(f.id, "f");
+    }
+    assert_eq!(q.forget_user("u1").await.unwrap(), 0);
+}
+
+#[test]
+fn the_sqlite_job_queue_meets_the_contract() {
+    run_actix(|| async {
+        let dir = tempfile::tempdir().unwrap();
+        let db = sqlite::prepare(dir.path()).unwrap();
+        jobs_contract(Arc::new(SqliteJobs::start(db))).await;
+    });
+}
+
+/// A key prefix of its own in the local Redis; its keys are deleted on drop.
+struct RedisPrefix(String);
+
+impl RedisPrefix {
+    fn new() -> Self {
+        RedisPrefix(format!(
+            "test:{}:{}",
+            std::process::id(),
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap()
+                .as_nanos()
+        ))
+    }
+}
+
+impl Drop for RedisPrefix {
+    fn drop(&mut self) {
+        if let Ok(client) = redis::Client::open("redis://127.0.0.1:6379")
+            && let Ok(mut conn) = client.get_connection()
+        {
+            let keys: Vec<String> = redis::cmd("KEYS")
+                .arg(format!("{}:*", self.0))
+                .query(&mut conn)
+                .unwrap_or_default();
+            for key in keys {
+                let _: redis::RedisResult<()> = redis::cmd("DEL").arg(key).query(&mut conn);
+            }
+        }
+    }
+}
+
+#[test]
+fn the_redis_job_queue_meets_the_contract() {
+    run_actix(|| async {
+        let prefix = RedisPrefix::new();
+        let queue = RedisJobs::connect("redis://127.0.0.1:6379", &prefix.0, Duration::from_secs(5))
+            .await
+            .expect("Redis on 127.0.0.1:6379");
+        jobs_contract(Arc::new(queue)).await;
+    });
+}
+
+/// The whole bot with its jobs on Redis Streams: memories are written by Redis-queued jobs.
+#[test]
+fn the_bot_runs_its_jobs_on_redis_when_configured() {
+    run_actix(|| async {
+        let prefix = RedisPrefix::new();
+        let llm = ScriptedLlm::start().await;
+        let dir = tempfile::tempdir().unwrap();
+        let mut s = settings(dir.path(), &llm.base_url());
+        s.storage.jobs = whisperengine::config::JobsBackend::Redis;
+        s.storage.redis_prefix = prefix.0.clone();
+        s.classifier.enabled = false;
+        let app = start(s, extras(vec![])).await;
+        let mut rex = Client::new("aria", "test:rex");
+        assert!(is_done(&rex.ask(&app, "my cat is called Miso").await));
+        crate::support::app::drain(&app).await;
+        let key = ConversationKey::new("aria", "test:rex");
+        let memories = app.user_data().memories(&key, 10).await.unwrap();
+        assert!(
+            memories.iter().any(|m| m.text.contains("Miso")),
+            "{memories:?}"
+        );
+        app.shutdown().await;
     });
 }
