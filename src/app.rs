@@ -516,6 +516,7 @@ impl UserControl {
                 .forget_user(user)
                 .await
                 .context("forgetting queued jobs")?;
+            queued_jobs += jobs.forget_backlog(user);
             let deadline = tokio::time::Instant::now() + self.grace;
             while jobs.running_for(user) > 0 && tokio::time::Instant::now() < deadline {
                 tokio::time::sleep(Duration::from_millis(10)).await;

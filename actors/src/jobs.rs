@@ -13,7 +13,7 @@ use actix::prelude::*;
 use async_trait::async_trait;
 use futures::FutureExt;
 use tokio::sync::Notify;
-use tracing::{Instrument, error, info, info_span, warn};
+use tracing::{Instrument, debug, error, info, info_span, warn};
 
 use crate::ports::StoreError;
 use crate::stats::PoolStats;
@@ -113,6 +113,8 @@ pub struct JobSystem {
     pub stats: Arc<PoolStats>,
     /// Users whose jobs are running right now ("forget me" waits for them).
     running: std::sync::Mutex<Vec<String>>,
+    /// Jobs the queue refused (its server is down), kept in order and stored once it is back.
+    backlog: std::sync::Mutex<std::collections::VecDeque<NewJob>>,
 }
 
 impl JobSystem {
@@ -130,7 +132,44 @@ impl JobSystem {
             wake: Notify::new(),
             stats,
             running: std::sync::Mutex::new(Vec::new()),
+            backlog: std::sync::Mutex::new(std::collections::VecDeque::new()),
         })
+    }
+
+    /// Jobs waiting in memory for the queue to come back.
+    pub fn backlog_len(&self) -> usize {
+        self.backlog.lock().unwrap_or_else(|e| e.into_inner()).len()
+    }
+
+    /// Drops `user`'s jobs still waiting in memory ("forget me"); returns how many.
+    pub fn forget_backlog(&self, user: &str) -> u64 {
+        let mut backlog = self.backlog.lock().unwrap_or_else(|e| e.into_inner());
+        let before = backlog.len();
+        backlog.retain(|job| job.user != user);
+        (before - backlog.len()) as u64
+    }
+
+    /// Stores what the backlog holds, in order, until the queue refuses again.
+    async fn flush_backlog(&self) {
+        loop {
+            let Some(job) = self
+                .backlog
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .pop_front()
+            else {
+                return;
+            };
+            if let Err(error) = self.queue.enqueue(job.clone()).await {
+                debug!(%error, "job queue still unavailable");
+                self.backlog
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .push_front(job);
+                return;
+            }
+            info!(id = %job.id, "job kept during the outage is now stored");
+        }
     }
 
     /// Jobs of `user` running at this moment.
@@ -148,11 +187,31 @@ impl JobSystem {
         }
     }
 
-    /// Enqueues and wakes a worker.
+    /// Enqueues and wakes a worker. When the queue's store is down the job is kept in memory,
+    /// in order, and stored as soon as it answers again (workers retry on every poll), so an
+    /// outage delays background work instead of losing it. Only a process exit during the
+    /// outage loses what is kept (logged at shutdown).
     pub async fn submit(&self, job: NewJob) -> Result<bool, StoreError> {
-        let new = self.queue.enqueue(job).await?;
+        let waiting = self.backlog_len() > 0;
+        if !waiting {
+            match self.queue.enqueue(job.clone()).await {
+                Ok(new) => {
+                    self.wake.notify_one();
+                    return Ok(new);
+                }
+                Err(error) => {
+                    self.stats.errors.inc();
+                    warn!(%error, id = %job.id, "job queue unavailable; keeping the job in memory until it is back");
+                }
+            }
+        }
+        // Behind others already waiting: keep the order.
+        self.backlog
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push_back(job);
         self.wake.notify_one();
-        Ok(new)
+        Ok(true)
     }
 
     fn backoff(&self, attempt: u32) -> Duration {
@@ -168,6 +227,7 @@ impl JobSystem {
 
     /// Leases and runs one job; returns whether there was one.
     pub async fn run_one(&self) -> bool {
+        self.flush_backlog().await;
         let job = match self.queue.lease(self.settings.lease).await {
             Ok(Some(job)) => job,
             Ok(None) => return false,

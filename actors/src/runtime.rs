@@ -13,7 +13,7 @@ use std::time::Duration;
 use actix::prelude::*;
 use futures::future::join_all;
 use tokio::sync::oneshot;
-use tracing::{info, warn};
+use tracing::{error, info, warn};
 
 use crate::character::CharacterSet;
 use crate::classify::{ClassifierActor, ClassifierProvider, IntentSet};
@@ -327,6 +327,13 @@ impl Runtime {
                     Err(_) => break,
                     Ok(_) => tokio::time::sleep(Duration::from_millis(20)).await,
                 }
+            }
+            let kept = jobs.backlog_len();
+            if kept > 0 {
+                error!(
+                    kept,
+                    "the job queue stayed unavailable: jobs kept in memory are lost with this process"
+                );
             }
         }
         for arbiter in &self.arbiters {

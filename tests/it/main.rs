@@ -18,6 +18,7 @@ mod local_llm;
 mod memory;
 mod observe;
 mod ordering;
+mod outages;
 mod passivation;
 mod stores;
 mod streaming;

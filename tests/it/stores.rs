@@ -365,10 +365,10 @@ fn the_sqlite_job_queue_meets_the_contract() {
 }
 
 /// A key prefix of its own in the local Redis; its keys are deleted on drop.
-struct RedisPrefix(String);
+pub struct RedisPrefix(pub String);
 
 impl RedisPrefix {
-    fn new() -> Self {
+    pub fn new() -> Self {
         RedisPrefix(format!(
             "test:{}:{}",
             std::process::id(),

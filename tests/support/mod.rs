@@ -6,3 +6,4 @@
 pub mod app;
 pub mod discord;
 pub mod openai_server;
+pub mod proxy;
