@@ -29,6 +29,10 @@ usage: ./bot.sh <command> [args...]
                     (e.g. ./bot.sh run --character aria --user alice)
   test              provision test needs and run the whole test suite
   bench [scenario]  run the runtime benchmarks: overhead, load, idle (default: all)
+  backup [DIR]      back up every store in use (default backups/<UTC time>): JSON lines,
+                    a manifest with row counts and SHA-256 per file (stop the bot first)
+  restore DIR       verify a backup, then restore it into the stores configured now
+                    (another backend works: embedded -> PostgreSQL is the migration path)
   provision [embeddings]
                     provision the embedding model (and, without "embeddings", the local LLM
                     server and model) into $WHISPER_CACHE
@@ -229,6 +233,10 @@ main() {
         all) provision ;;
         *) die "provision what? all (default) or embeddings" ;;
       esac ;;
+    backup) build_release && cd "$ROOT" && exec "$ROOT/target/release/whisperengine" backup "$@" ;;
+    restore)
+      [[ $# -ge 1 ]] || die "usage: ./bot.sh restore DIR"
+      build_release && cd "$ROOT" && exec "$ROOT/target/release/whisperengine" restore "$@" ;;
     status) build_release && cd "$ROOT" && exec "$ROOT/target/release/whisperengine" status "$@" ;;
     config-check) build_release && cd "$ROOT" && exec "$ROOT/target/release/whisperengine" config check "$@" ;;
     help | -h | --help) usage ;;

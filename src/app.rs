@@ -138,6 +138,16 @@ impl UserData {
         Ok(report)
     }
 
+    /// The newest `limit` turns of a conversation in a scope, oldest first.
+    pub async fn history(
+        &self,
+        key: &ConversationKey,
+        scope: &whisper_actors::Scope,
+        limit: usize,
+    ) -> anyhow::Result<Vec<whisper_actors::ports::Turn>> {
+        Ok(self.history.recent_turns(key, scope, limit).await?)
+    }
+
     /// What the bot knows about the user across characters (first and last seen, messages).
     pub async fn profile(
         &self,

@@ -2,6 +2,7 @@
 //! transports, and the wiring that assembles them around the actor core (`whisper_actors`).
 
 pub mod app;
+pub mod backup;
 pub mod classifier;
 pub mod config;
 pub mod embed;

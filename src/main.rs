@@ -60,6 +60,10 @@ enum Command {
     },
     /// Show the running bot's shards, conversations, pools, queues and restarts
     Status,
+    /// Back up every store in use into DIR (default backups/<UTC time>), with a manifest
+    Backup { dir: Option<std::path::PathBuf> },
+    /// Restore a backup into the stores configured now (any backend); verified first
+    Restore { dir: std::path::PathBuf },
     /// Configuration commands
     Config {
         #[command(subcommand)]
@@ -119,6 +123,40 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             eprintln!("configuration OK");
             Ok(ExitCode::SUCCESS)
         }
+        Command::Backup { dir } => {
+            let (settings, _) = load(&cli)?;
+            refuse_if_running(&settings, "back up")?;
+            let dir = dir.clone().unwrap_or_else(|| {
+                let stamp = humantime::format_rfc3339_seconds(std::time::SystemTime::now())
+                    .to_string()
+                    .replace(':', "");
+                std::path::PathBuf::from("backups").join(stamp)
+            });
+            actix::System::new().block_on(async move {
+                let manifest =
+                    whisperengine::backup::backup(&settings, &dir, |line| eprintln!("  {line}"))
+                        .await?;
+                println!(
+                    "backup written to {} ({} files, format {})",
+                    dir.display(),
+                    manifest.files.len(),
+                    manifest.format_version
+                );
+                Ok(ExitCode::SUCCESS)
+            })
+        }
+        Command::Restore { dir } => {
+            let (settings, _) = load(&cli)?;
+            refuse_if_running(&settings, "restore")?;
+            let dir = dir.clone();
+            actix::System::new().block_on(async move {
+                let manifest =
+                    whisperengine::backup::restore(&settings, &dir, |line| eprintln!("  {line}"))
+                        .await?;
+                println!("restored {} (taken {})", dir.display(), manifest.created_at);
+                Ok(ExitCode::SUCCESS)
+            })
+        }
         Command::Forget { user } => {
             let (settings, _) = load(&cli)?;
             if let Some((file, true)) = status::read(&settings.storage.data_dir) {
@@ -174,6 +212,19 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Discord => discord(&cli),
         Command::Chat { character, user } => chat(&cli, character.clone(), user.clone()),
     }
+}
+
+/// Backup and restore work on a stopped bot: its caches would not see a restore, and a backup
+/// taken while it writes could catch a turn without its memories.
+fn refuse_if_running(settings: &Settings, what: &str) -> anyhow::Result<()> {
+    if let Some((file, true)) = status::read(&settings.storage.data_dir) {
+        anyhow::bail!(
+            "whisperengine pid {} is running on {}; stop it before you {what}",
+            file.pid,
+            settings.storage.data_dir.display()
+        );
+    }
+    Ok(())
 }
 
 fn actix_system() -> actix::SystemRunner {

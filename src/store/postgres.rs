@@ -182,6 +182,59 @@ impl HistoryStore for PgHistory {
     }
 }
 
+/// Backup and restore in the portable format (`crate::backup`): rows as JSON objects keyed by
+/// column name, tagged with their table.
+impl PgHistory {
+    pub async fn export_rows(
+        &self,
+        table: &str,
+        columns: &[&str],
+    ) -> anyhow::Result<Vec<serde_json::Map<String, serde_json::Value>>> {
+        let client = self.pool.get().await.map_err(unavailable)?;
+        let order = if table == "profiles" { "user_id" } else { "id" };
+        let sql = format!(
+            "SELECT row_to_json(t)::text FROM (SELECT {} FROM {table} ORDER BY {order}) t",
+            columns.join(", ")
+        );
+        let rows = client.query(&sql, &[]).await?;
+        rows.iter()
+            .map(|row| {
+                let mut object: serde_json::Map<String, serde_json::Value> =
+                    serde_json::from_str(row.get::<_, &str>(0))?;
+                object.insert("table".into(), serde_json::Value::from(table));
+                Ok(object)
+            })
+            .collect()
+    }
+
+    /// Replaces every row of `tables` in one transaction.
+    pub async fn import_rows(
+        &self,
+        tables: &[(&str, &[&str])],
+        rows: &[serde_json::Map<String, serde_json::Value>],
+    ) -> anyhow::Result<()> {
+        let mut client = self.pool.get().await.map_err(unavailable)?;
+        let tx = client.transaction().await?;
+        for (table, columns) in tables {
+            tx.execute(&format!("DELETE FROM {table}"), &[]).await?;
+            let mine: Vec<&serde_json::Map<String, serde_json::Value>> =
+                rows.iter().filter(|r| r["table"] == *table).collect();
+            let json = serde_json::to_string(&mine)?;
+            let columns = columns.join(", ");
+            tx.execute(
+                &format!(
+                    "INSERT INTO {table} ({columns}) SELECT {columns}
+                     FROM json_populate_recordset(NULL::{table}, $1::text::json)"
+                ),
+                &[&json],
+            )
+            .await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+}
+
 impl PgHistory {
     async fn read_turns(
         &self,
