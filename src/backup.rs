@@ -23,7 +23,8 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 use sha2::{Digest, Sha256};
 
-use crate::config::{HistoryBackend, Settings};
+use crate::config::{FactsBackend, HistoryBackend, Settings};
+use crate::store::neo4j_facts::Neo4jFacts;
 use crate::store::postgres::PgHistory;
 use crate::store::sqlite;
 
@@ -210,6 +211,29 @@ enum HistoryTarget {
     Postgres(PgHistory),
 }
 
+/// Where facts live, as configured.
+enum FactsTarget {
+    Sqlite,
+    Neo4j(Neo4jFacts),
+}
+
+async fn facts_target(settings: &Settings) -> anyhow::Result<FactsTarget> {
+    let s = &settings.storage;
+    Ok(match s.facts {
+        FactsBackend::Sqlite => FactsTarget::Sqlite,
+        FactsBackend::Neo4j => FactsTarget::Neo4j(
+            Neo4jFacts::connect(
+                &s.neo4j_uri,
+                &s.neo4j_user,
+                &s.neo4j_password,
+                &s.neo4j_database,
+                s.connect_timeout,
+            )
+            .await?,
+        ),
+    })
+}
+
 async fn history_target(settings: &Settings) -> anyhow::Result<HistoryTarget> {
     Ok(match settings.storage.history {
         HistoryBackend::Sqlite => HistoryTarget::Sqlite,
@@ -251,14 +275,16 @@ pub async fn backup(
     std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     let db = sqlite::prepare(&settings.storage.data_dir)?;
     let history = history_target(settings).await?;
+    let facts = facts_target(settings).await?;
     let mut files = Vec::new();
     for section in &SECTIONS {
         let mut rows = Vec::new();
         for table in section.tables {
-            match (&history, table.name) {
-                (HistoryTarget::Postgres(pg), "turns" | "profiles") => {
+            match (&history, &facts, table.name) {
+                (HistoryTarget::Postgres(pg), _, "turns" | "profiles") => {
                     rows.extend(pg.export_rows(table.name, table.columns).await?)
                 }
+                (_, FactsTarget::Neo4j(graph), "facts") => rows.extend(graph.export_rows().await?),
                 _ => export_sqlite(&db, table, &mut rows)?,
             }
         }
@@ -290,7 +316,14 @@ pub async fn backup(
             .to_owned(),
         ),
         ("memories".to_owned(), "sqlite".to_owned()),
-        ("facts".to_owned(), "sqlite".to_owned()),
+        (
+            "facts".to_owned(),
+            match settings.storage.facts {
+                FactsBackend::Sqlite => "sqlite",
+                FactsBackend::Neo4j => "neo4j",
+            }
+            .to_owned(),
+        ),
     ]);
     let manifest = Manifest {
         format_version: FORMAT_VERSION,
@@ -368,9 +401,11 @@ pub async fn restore(
     }
     let db = sqlite::prepare(&settings.storage.data_dir)?;
     let history = history_target(settings).await?;
+    let facts = facts_target(settings).await?;
     for (section, rows) in &parsed {
-        match (&history, section.file) {
-            (HistoryTarget::Postgres(pg), "history.jsonl") => {
+        match (&history, &facts, section.file) {
+            (_, FactsTarget::Neo4j(graph), "facts.jsonl") => graph.import_rows(rows).await?,
+            (HistoryTarget::Postgres(pg), _, "history.jsonl") => {
                 pg.import_rows(
                     &[
                         (TURNS.name, TURNS.columns),

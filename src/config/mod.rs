@@ -255,11 +255,25 @@ pub struct StorageSection {
     pub history: HistoryBackend,
     pub postgres_url: String,
     pub jobs: JobsBackend,
+    pub facts: FactsBackend,
+    pub neo4j_uri: String,
+    pub neo4j_user: String,
+    pub neo4j_password: String,
+    /// Empty: the server's default database.
+    pub neo4j_database: String,
     pub redis_url: String,
     /// Namespace of every Redis key (several bots can share a server).
     pub redis_prefix: String,
     #[serde(with = "humantime_serde")]
     pub connect_timeout: Duration,
+}
+
+/// Where the fact graph lives.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum FactsBackend {
+    Sqlite,
+    Neo4j,
 }
 
 /// Where the durable job queue lives.
@@ -450,6 +464,9 @@ impl Settings {
         let mut copy = self.clone();
         for token in copy.discord.tokens.values_mut() {
             *token = "<redacted>".to_owned();
+        }
+        if !copy.storage.neo4j_password.is_empty() {
+            copy.storage.neo4j_password = "<redacted>".to_owned();
         }
         if !copy.llm.api_key.is_empty() {
             copy.llm.api_key = "<redacted>".to_owned();

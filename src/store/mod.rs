@@ -1,6 +1,7 @@
 //! Store adapters. The embedded default keeps everything in one SQLite database in the data
 //! directory; server-mode adapters implement the same `whisper_actors::ports` traits.
 
+pub mod neo4j_facts;
 pub mod postgres;
 pub mod redis_jobs;
 pub mod server;

@@ -431,3 +431,171 @@ fn the_bot_runs_its_jobs_on_redis_when_configured() {
         app.shutdown().await;
     });
 }
+
+fn new_fact(subject: &str, predicate: &str, object: &str) -> whisper_actors::facts::NewFact {
+    whisper_actors::facts::NewFact {
+        subject: subject.into(),
+        predicate: predicate.into(),
+        object: object.into(),
+        confidence: 0.9,
+    }
+}
+
+async fn facts_contract(store: Arc<dyn whisper_actors::facts::FactStore>) {
+    let single = vec!["lives_in".to_owned()];
+    let triples = |facts: Vec<whisper_actors::facts::Fact>| {
+        let mut t: Vec<String> = facts
+            .into_iter()
+            .map(|f| format!("{} {} {}", f.subject, f.predicate, f.object))
+            .collect();
+        t.sort();
+        t
+    };
+    assert!(store.current("u:a").await.unwrap().is_empty());
+    let stored = store
+        .upsert(
+            "u:a",
+            vec![
+                new_fact("user", "lives_in", "Porto"),
+                new_fact("User", "sister", "Ana"),
+                new_fact("Ana", "works_at", "the library"),
+            ],
+            "I live in Porto; my sister Ana works at the library",
+            &single,
+            1_000,
+        )
+        .await
+        .unwrap();
+    assert_eq!(stored, 3);
+    assert_eq!(
+        store
+            .upsert(
+                "u:a",
+                vec![new_fact("user", "lives_in", "porto")],
+                "again",
+                &single,
+                1_500
+            )
+            .await
+            .unwrap(),
+        0,
+        "the same current fact (any case) is stored once"
+    );
+    store
+        .upsert(
+            "u:b",
+            vec![new_fact("user", "lives_in", "Oslo")],
+            "b",
+            &single,
+            1_000,
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        triples(store.current("u:a").await.unwrap()),
+        [
+            "Ana works_at the library",
+            "user lives_in Porto",
+            "user sister Ana"
+        ]
+    );
+    let current = store.current("u:a").await.unwrap();
+    let porto = current.iter().find(|f| f.object == "Porto").unwrap();
+    assert_eq!((porto.valid_from_ms, porto.valid_to_ms), (1_000, None));
+    assert!((porto.confidence - 0.9).abs() < 1e-6);
+    assert!(porto.source.contains("Porto"));
+
+    // A correction closes the old value; other predicates keep theirs.
+    store
+        .upsert(
+            "u:a",
+            vec![new_fact("user", "lives_in", "Lisbon")],
+            "moved",
+            &single,
+            2_000,
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        triples(store.current("u:a").await.unwrap()),
+        [
+            "Ana works_at the library",
+            "user lives_in Lisbon",
+            "user sister Ana"
+        ]
+    );
+    assert_eq!(
+        triples(store.current("u:b").await.unwrap()),
+        ["user lives_in Oslo"]
+    );
+
+    // Forget counts every fact of the user, closed ones included, and nobody else's.
+    assert_eq!(store.forget_user("u:a").await.unwrap(), 4);
+    assert!(store.current("u:a").await.unwrap().is_empty());
+    assert_eq!(store.current("u:b").await.unwrap().len(), 1);
+}
+
+#[test]
+fn the_sqlite_fact_store_meets_the_contract() {
+    run_actix(|| async {
+        let dir = tempfile::tempdir().unwrap();
+        let db = sqlite::prepare(dir.path()).unwrap();
+        facts_contract(Arc::new(
+            whisperengine::store::sqlite_facts::SqliteFacts::start(db),
+        ))
+        .await;
+    });
+}
+
+#[test]
+fn the_neo4j_fact_store_meets_the_contract_on_a_real_bolt_server() {
+    run_actix(|| async {
+        let server = crate::support::arcadedb::ArcadeDb::start().await;
+        let store = whisperengine::store::neo4j_facts::Neo4jFacts::connect(
+            &server.bolt_uri,
+            "root",
+            crate::support::arcadedb::PASSWORD,
+            crate::support::arcadedb::DATABASE,
+            Duration::from_secs(20),
+        )
+        .await
+        .expect("connects to ArcadeDB over Bolt");
+        facts_contract(Arc::new(store)).await;
+    });
+}
+
+/// The whole bot with its fact graph on a Bolt server: extraction writes there, the next
+/// prompt reads from there.
+#[test]
+fn the_bot_keeps_facts_in_neo4j_when_configured() {
+    run_actix(|| async {
+        let graph = crate::support::arcadedb::ArcadeDb::start().await;
+        let llm = ScriptedLlm::start().await;
+        llm.facts_for(
+            "I moved to Bergen in spring",
+            crate::support::openai_server::FactsAnswer::Text(
+                r#"[{"subject":"user","predicate":"lives_in","object":"Bergen","confidence":0.9}]"#
+                    .into(),
+            ),
+        );
+        let dir = tempfile::tempdir().unwrap();
+        let mut s = settings(dir.path(), &llm.base_url());
+        s.classifier.enabled = false;
+        s.storage.facts = whisperengine::config::FactsBackend::Neo4j;
+        s.storage.neo4j_uri = graph.bolt_uri.clone();
+        s.storage.neo4j_user = "root".into();
+        s.storage.neo4j_password = crate::support::arcadedb::PASSWORD.into();
+        s.storage.neo4j_database = crate::support::arcadedb::DATABASE.into();
+        let app = start(s, extras(vec![])).await;
+        let mut ida = Client::new("aria", "test:ida");
+        assert!(is_done(&ida.ask(&app, "I moved to Bergen in spring").await));
+        crate::support::app::drain(&app).await;
+        assert!(is_done(&ida.ask(&app, "where do I live?").await));
+        let system = llm.requests().pop().unwrap().contents()[0].clone();
+        assert!(system.contains("user lives in Bergen"), "{system}");
+        let report = app.forget("test:ida").await.unwrap();
+        assert_eq!(report.facts, 1);
+        assert!(app.user_data().facts("test:ida").await.unwrap().is_empty());
+        app.shutdown().await;
+    });
+}

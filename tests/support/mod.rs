@@ -4,6 +4,7 @@
 #![allow(dead_code)]
 
 pub mod app;
+pub mod arcadedb;
 pub mod discord;
 pub mod openai_server;
 pub mod proxy;
