@@ -100,3 +100,36 @@ fn metric_names(text: &str) -> Vec<String> {
     assert!(names.len() > 10, "{names:?}");
     names
 }
+
+/// The deployment files name only configuration keys the bot knows: every `WHISPER__*` line of
+/// docker/example.env loads (an unknown key or a wrong type would be an error naming it).
+#[test]
+fn the_example_env_file_matches_the_configuration() {
+    let env = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/docker/example.env"))
+        .unwrap();
+    let mut seen = 0;
+    for line in env.lines() {
+        let line = line.trim();
+        if let Some((key, value)) = line.split_once('=')
+            && key.starts_with("WHISPER__")
+        {
+            // This test runs in its own process (nextest), so setting variables is safe.
+            unsafe { std::env::set_var(key, value) };
+            seen += 1;
+        }
+    }
+    assert!(seen >= 10, "{seen}");
+    let loaded = whisperengine::config::load(&whisperengine::config::Overrides {
+        config_file: None,
+        data_dir: None,
+    })
+    .expect("example.env is valid configuration");
+    let s = loaded.settings;
+    assert_eq!(
+        s.storage.history,
+        whisperengine::config::HistoryBackend::Postgres
+    );
+    assert_eq!(s.storage.facts, whisperengine::config::FactsBackend::Neo4j);
+    assert_eq!(s.storage.jobs, whisperengine::config::JobsBackend::Redis);
+    assert!(s.discord.tokens.contains_key("aria"));
+}
