@@ -25,6 +25,7 @@ use crate::llm::openai::OpenAiChat;
 use crate::status;
 use crate::store::neo4j_facts::Neo4jFacts;
 use crate::store::postgres::PgHistory;
+use crate::store::redis_cache::{self, CachedHistory, RedisRateLimiter};
 use crate::store::redis_jobs::RedisJobs;
 use crate::store::sqlite::{self, SqliteHistory};
 use crate::store::sqlite_facts::SqliteFacts;
@@ -32,6 +33,7 @@ use crate::store::sqlite_jobs::SqliteJobs;
 use crate::store::sqlite_memory::SqliteMemory;
 use whisper_actors::facts::FactStore;
 use whisper_actors::jobs::{JobQueue, JobSettings};
+use whisper_actors::limits::{LocalRateLimiter, RateLimiter};
 use whisper_actors::memory::{MemorySettings, RankSettings};
 use whisper_actors::runtime::{FactSettings, ToolSettings};
 use whisper_actors::tools::Tool;
@@ -202,6 +204,38 @@ async fn history_store(
     })
 }
 
+/// With `storage.redis_cache`: profiles cached in Redis and rate limits counted there; else the
+/// history store as is and an in-process limiter.
+async fn redis_extras(
+    settings: &Settings,
+    history: Arc<dyn HistoryStore>,
+) -> anyhow::Result<(Arc<dyn HistoryStore>, Option<Arc<dyn RateLimiter>>)> {
+    let limits = &settings.limits;
+    let s = &settings.storage;
+    if !s.redis_cache {
+        let limiter = (limits.messages_per_window > 0).then(|| {
+            Arc::new(LocalRateLimiter::new(
+                limits.messages_per_window as usize,
+                limits.window,
+            )) as Arc<dyn RateLimiter>
+        });
+        return Ok((history, limiter));
+    }
+    let pool = redis_cache::connect(&s.redis_url, s.connect_timeout)
+        .await
+        .context("opening the Redis cache (storage.redis_cache = true)")?;
+    let limiter = (limits.messages_per_window > 0).then(|| {
+        Arc::new(RedisRateLimiter::new(
+            pool.clone(),
+            &s.redis_prefix,
+            limits.messages_per_window,
+            limits.window,
+        )) as Arc<dyn RateLimiter>
+    });
+    let cached = CachedHistory::new(history, pool, &s.redis_prefix, s.cache_ttl);
+    Ok((Arc::new(cached), limiter))
+}
+
 /// The configured fact graph (embedded SQLite or Neo4j over Bolt).
 async fn fact_store(
     settings: &Settings,
@@ -349,6 +383,7 @@ impl App {
         let data_dir = settings.storage.data_dir.clone();
         let db = sqlite::prepare(&data_dir)?;
         let (history, history_stats) = history_store(&settings, &db).await?;
+        let (history, limiter) = redis_extras(&settings, history).await?;
         let memory = SqliteMemory::start(
             db.clone(),
             settings.pools.memory,
@@ -427,6 +462,7 @@ impl App {
                 history,
                 extra_providers: extras.providers,
                 extra_tools: extras.tools,
+                limiter,
                 embedder,
                 intents,
                 memory: Some(memory),

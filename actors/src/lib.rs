@@ -14,6 +14,7 @@ pub mod conversation;
 pub mod facts;
 pub mod jobs;
 pub mod key;
+pub mod limits;
 pub mod llm;
 pub mod memory;
 pub mod messages;

@@ -66,6 +66,8 @@ pub enum FailureKind {
     Escalated,
     /// The runtime is shutting down.
     ShuttingDown,
+    /// The user sent more messages than `limits.messages_per_window` allows.
+    RateLimited,
 }
 
 /// Per-step latency of one reply: the roadmap's "latency tracing per step".

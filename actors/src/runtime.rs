@@ -75,6 +75,8 @@ pub struct RuntimeParts {
     pub jobs: Option<Arc<dyn JobQueue>>,
     /// Tools beyond the built-in ones (memories, facts, summaries).
     pub extra_tools: Vec<Arc<dyn Tool>>,
+    /// Per-user message limits (none: unlimited).
+    pub limiter: Option<Arc<dyn crate::limits::RateLimiter>>,
     /// Worker pools the adapters run, shown in status.
     pub pools: Vec<(String, Arc<PoolStats>)>,
 }
@@ -230,6 +232,7 @@ impl Runtime {
             summarise_when_idle: settings.memory.idle_summary_min_turns,
             providers,
             tools: (!toolbox.is_empty()).then(|| Arc::new(toolbox)),
+            limiter: parts.limiter,
             history: parts.history,
             llm,
             settings: ConversationSettings {

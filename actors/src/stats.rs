@@ -66,6 +66,7 @@ pub struct PipelineStats {
     pub store_write_failures: Gauge,
     pub tool_calls: Gauge,
     pub tool_failures: Gauge,
+    pub rate_limited: Gauge,
 }
 
 /// A fixed-size worker pool's view (history store workers and the like).
@@ -141,6 +142,7 @@ impl RuntimeStats {
             store_write_failures: self.pipeline.store_write_failures.get(),
             tool_calls: self.pipeline.tool_calls.get(),
             tool_failures: self.pipeline.tool_failures.get(),
+            rate_limited: self.pipeline.rate_limited.get(),
         }
     }
 }
@@ -194,6 +196,8 @@ pub struct StatusSnapshot {
     pub tool_calls: u64,
     #[serde(default)]
     pub tool_failures: u64,
+    #[serde(default)]
+    pub rate_limited: u64,
 }
 
 impl StatusSnapshot {

@@ -39,6 +39,7 @@ pub struct Settings {
     pub jobs: JobsSection,
     pub streaming: StreamingSection,
     pub discord: DiscordSection,
+    pub limits: LimitsSection,
     pub metrics: MetricsSection,
     pub storage: StorageSection,
     pub characters: CharactersSection,
@@ -156,6 +157,15 @@ pub struct FactsSection {
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
+pub struct LimitsSection {
+    /// Messages one user may send per `window` (0: no limit).
+    pub messages_per_window: u64,
+    #[serde(with = "humantime_serde")]
+    pub window: Duration,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct MetricsSection {
     /// Where `/metrics` and `/healthz` listen, e.g. "127.0.0.1:9464"; empty: off.
     pub address: String,
@@ -264,6 +274,10 @@ pub struct StorageSection {
     pub redis_url: String,
     /// Namespace of every Redis key (several bots can share a server).
     pub redis_prefix: String,
+    /// Cache profiles and keep rate limits in Redis (shared by every bot process).
+    pub redis_cache: bool,
+    #[serde(with = "humantime_serde")]
+    pub cache_ttl: Duration,
     #[serde(with = "humantime_serde")]
     pub connect_timeout: Duration,
 }
@@ -408,6 +422,8 @@ fn validate(loaded: &Loaded) -> Result<(), ConfigError> {
         ("context.facts_deadline", s.context.facts_deadline),
         ("jobs.lease", s.jobs.lease),
         ("tools.timeout", s.tools.timeout),
+        ("limits.window", s.limits.window),
+        ("storage.cache_ttl", s.storage.cache_ttl),
         ("discord.channel_window", s.discord.channel_window),
         ("storage.connect_timeout", s.storage.connect_timeout),
         ("jobs.poll_interval", s.jobs.poll_interval),

@@ -14,6 +14,7 @@ mod embeddings;
 mod facts;
 mod fast_track;
 mod forget;
+mod limits;
 mod llm_errors;
 mod local_llm;
 mod memory;

@@ -69,6 +69,8 @@ pub struct ConversationDeps {
     pub providers: Vec<Arc<dyn ContextProvider>>,
     /// Tools the model may call on the full path.
     pub tools: Option<Arc<crate::tools::Toolbox>>,
+    /// Per-user message limits (none: unlimited).
+    pub limiter: Option<Arc<dyn crate::limits::RateLimiter>>,
     pub history: Arc<dyn HistoryStore>,
     pub llm: Addr<LlmActor>,
     pub settings: ConversationSettings,

@@ -95,6 +95,26 @@ async fn run(deps: Arc<ConversationDeps>, input: TurnInput) -> TurnReport {
         summarised: false,
     };
 
+    // 0. A user over their message limit gets a notice, not a model call. A limiter that is
+    //    down lets messages through (logged): limits protect capacity, they must not stop it.
+    if let Some(limiter) = &deps.limiter {
+        match limiter.allow(&msg.key.user).await {
+            Ok(true) => {}
+            Ok(false) => {
+                stats.rate_limited.inc();
+                msg.reply_to.do_send(ReplyUpdate {
+                    message_id: msg.message_id,
+                    key: msg.key.clone(),
+                    text: "You're sending messages faster than I can read them. Give me a moment, then try again.".into(),
+                    status: ReplyStatus::Failed(FailureKind::RateLimited),
+                });
+                final_sent.set(true);
+                return report;
+            }
+            Err(error) => warn!(%error, "rate limiter unavailable; letting the message through"),
+        }
+    }
+
     // 1. Context, every provider at once, each within its own deadline.
     let providers: Vec<_> = deps
         .providers

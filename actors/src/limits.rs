@@ -1,0 +1,70 @@
+//! Per-user message rate limits: a user who floods the bot gets a short notice instead of a
+//! model call, so one person cannot take every LLM slot. The limiter is a port: in-process for
+//! the embedded default, shared through Redis when several processes serve the same users.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+
+use crate::ports::StoreError;
+
+#[async_trait]
+pub trait RateLimiter: Send + Sync + 'static {
+    /// Counts one message of `user`; false when it is over the limit.
+    async fn allow(&self, user: &str) -> Result<bool, StoreError>;
+}
+
+/// A sliding window per user, in this process. Users idle for a whole window are dropped, so
+/// the map holds only recent senders.
+pub struct LocalRateLimiter {
+    limit: usize,
+    window: Duration,
+    recent: Mutex<HashMap<String, VecDeque<Instant>>>,
+}
+
+impl LocalRateLimiter {
+    pub fn new(limit: usize, window: Duration) -> Self {
+        Self {
+            limit,
+            window,
+            recent: Mutex::new(HashMap::new()),
+        }
+    }
+}
+
+#[async_trait]
+impl RateLimiter for LocalRateLimiter {
+    async fn allow(&self, user: &str) -> Result<bool, StoreError> {
+        let now = Instant::now();
+        let mut recent = self.recent.lock().unwrap_or_else(|e| e.into_inner());
+        if recent.len() > 10_000 {
+            recent.retain(|_, times| times.back().is_some_and(|t| now - *t < self.window));
+        }
+        let times = recent.entry(user.to_owned()).or_default();
+        while times.front().is_some_and(|t| now - *t >= self.window) {
+            times.pop_front();
+        }
+        if times.len() >= self.limit {
+            return Ok(false);
+        }
+        times.push_back(now);
+        Ok(true)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test(start_paused = true)]
+    async fn the_window_slides() {
+        let limiter = LocalRateLimiter::new(3, Duration::from_secs(60));
+        for _ in 0..3 {
+            assert!(limiter.allow("a").await.unwrap());
+        }
+        assert!(!limiter.allow("a").await.unwrap());
+        assert!(limiter.allow("b").await.unwrap(), "per user");
+    }
+}
