@@ -18,13 +18,14 @@ use whisper_actors::supervision::RestartPolicy;
 use whisper_actors::{CharacterSet, Runtime, RuntimeParts, RuntimeSettings, ShardRouter};
 
 use crate::classifier;
-use crate::config::{FactsBackend, HistoryBackend, JobsBackend, Settings};
+use crate::config::{FactsBackend, HistoryBackend, JobsBackend, MemoryBackend, Settings};
 use crate::embed::LocalEmbedder;
 use crate::llm::local_server::LocalServer;
 use crate::llm::openai::OpenAiChat;
 use crate::status;
 use crate::store::neo4j_facts::Neo4jFacts;
 use crate::store::postgres::PgHistory;
+use crate::store::qdrant_memory::QdrantMemory;
 use crate::store::redis_cache::{self, CachedHistory, RedisRateLimiter};
 use crate::store::redis_jobs::RedisJobs;
 use crate::store::sqlite::{self, SqliteHistory};
@@ -236,6 +237,31 @@ async fn redis_extras(
     Ok((Arc::new(cached), limiter))
 }
 
+/// The configured vector memory (embedded SQLite or Qdrant) and its pool's stats.
+async fn memory_store(
+    settings: &Settings,
+    db: &std::path::Path,
+) -> anyhow::Result<(Arc<dyn MemoryStore>, Arc<whisper_actors::stats::PoolStats>)> {
+    let s = &settings.storage;
+    Ok(match s.memory {
+        MemoryBackend::Sqlite => {
+            let store = SqliteMemory::start(
+                db.to_owned(),
+                settings.pools.memory,
+                settings.memory.cached_users,
+            );
+            let stats = store.stats();
+            (Arc::new(store), stats)
+        }
+        MemoryBackend::Qdrant => {
+            let store = QdrantMemory::connect(&s.qdrant_url, &s.qdrant_prefix, s.connect_timeout)
+                .await
+                .context("opening the vector memory (storage.memory = \"qdrant\")")?;
+            (Arc::new(store), Arc::new(Default::default()))
+        }
+    })
+}
+
 /// The configured fact graph (embedded SQLite or Neo4j over Bolt).
 async fn fact_store(
     settings: &Settings,
@@ -280,7 +306,7 @@ pub async fn open_user_data(settings: &Settings) -> anyhow::Result<UserData> {
     let (history, _) = history_store(settings, &db).await?;
     Ok(UserData {
         history,
-        memory: Arc::new(SqliteMemory::start(db.clone(), 1, 1)),
+        memory: memory_store(settings, &db).await?.0,
         facts: fact_store(settings, &db).await?,
         jobs: job_queue(settings, &db).await?,
     })
@@ -384,15 +410,9 @@ impl App {
         let db = sqlite::prepare(&data_dir)?;
         let (history, history_stats) = history_store(&settings, &db).await?;
         let (history, limiter) = redis_extras(&settings, history).await?;
-        let memory = SqliteMemory::start(
-            db.clone(),
-            settings.pools.memory,
-            settings.memory.cached_users,
-        );
+        let (memory, memory_stats) = memory_store(&settings, &db).await?;
         let facts = fact_store(&settings, &db).await?;
         let jobs = job_queue(&settings, &db).await?;
-        let memory_stats = memory.stats();
-        let memory: Arc<dyn MemoryStore> = Arc::new(memory);
         let user_data = UserData {
             history: history.clone(),
             memory: memory.clone(),

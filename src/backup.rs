@@ -205,6 +205,17 @@ fn import_sqlite(db: &Path, tables: &[Table], rows: &[Row]) -> anyhow::Result<()
     Ok(())
 }
 
+/// Backing up only part of the data would look like success: refuse what is not covered yet.
+fn refuse_unsupported(settings: &Settings) -> anyhow::Result<()> {
+    if settings.storage.memory == crate::config::MemoryBackend::Qdrant {
+        bail!(
+            "backup and restore do not cover Qdrant memories yet (storage.memory = \"qdrant\"); \
+             use Qdrant's own snapshots for them"
+        );
+    }
+    Ok(())
+}
+
 /// Where history lives, as configured: the embedded database or a PostgreSQL connection.
 enum HistoryTarget {
     Sqlite,
@@ -272,6 +283,7 @@ pub async fn backup(
     if dir.join("manifest.json").exists() {
         bail!("{} already holds a backup", dir.display());
     }
+    refuse_unsupported(settings)?;
     std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     let db = sqlite::prepare(&settings.storage.data_dir)?;
     let history = history_target(settings).await?;
@@ -395,6 +407,7 @@ pub async fn restore(
     mut progress: impl FnMut(&str),
 ) -> anyhow::Result<Manifest> {
     let manifest = verify(dir)?;
+    refuse_unsupported(settings)?;
     let mut parsed = Vec::new();
     for section in &SECTIONS {
         parsed.push((section, read_rows(&dir.join(section.file))?));

@@ -265,6 +265,11 @@ pub struct StorageSection {
     pub history: HistoryBackend,
     pub postgres_url: String,
     pub jobs: JobsBackend,
+    pub memory: MemoryBackend,
+    /// Qdrant's gRPC URL (port 6334).
+    pub qdrant_url: String,
+    /// Collections are `<prefix>_<character>`.
+    pub qdrant_prefix: String,
     pub facts: FactsBackend,
     pub neo4j_uri: String,
     pub neo4j_user: String,
@@ -280,6 +285,14 @@ pub struct StorageSection {
     pub cache_ttl: Duration,
     #[serde(with = "humantime_serde")]
     pub connect_timeout: Duration,
+}
+
+/// Where vector memories live.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum MemoryBackend {
+    Sqlite,
+    Qdrant,
 }
 
 /// Where the fact graph lives.

@@ -3,6 +3,7 @@
 
 pub mod neo4j_facts;
 pub mod postgres;
+pub mod qdrant_memory;
 pub mod redis_cache;
 pub mod redis_jobs;
 pub mod server;

@@ -599,3 +599,189 @@ fn the_bot_keeps_facts_in_neo4j_when_configured() {
         app.shutdown().await;
     });
 }
+
+fn unit(axis: usize) -> whisper_actors::ports::Embedding {
+    let mut v = vec![0.0f32; 384];
+    v[axis] = 1.0;
+    v.into()
+}
+
+fn chunk(
+    (character, user): (&str, &str),
+    scope: Scope,
+    (group, n): (&str, u32),
+    text: &str,
+    at: i64,
+    vector: whisper_actors::ports::Embedding,
+) -> whisper_actors::memory::MemoryChunk {
+    whisper_actors::memory::MemoryChunk {
+        key: ConversationKey::new(character, user),
+        scope,
+        kind: whisper_actors::memory::MemoryKind::Message,
+        group: group.into(),
+        chunk: n,
+        text: text.into(),
+        importance: 0.5,
+        created_at_ms: at,
+        vector,
+    }
+}
+
+async fn memory_contract(store: Arc<dyn whisper_actors::memory::MemoryStore>) {
+    use whisper_actors::memory::{AllowedScopes, MemoryQuery};
+    let chunks = vec![
+        chunk(
+            ("aria", "u:a"),
+            Scope::Direct,
+            ("g1", 0),
+            "my sister Ana",
+            1_000,
+            unit(0),
+        ),
+        chunk(
+            ("aria", "u:a"),
+            Scope::Direct,
+            ("g1", 1),
+            "lives in Porto",
+            1_000,
+            unit(0),
+        ),
+        chunk(
+            ("aria", "u:a"),
+            Scope::Guild(1),
+            ("g2", 0),
+            "guild talk about maps",
+            2_000,
+            unit(1),
+        ),
+        chunk(
+            ("aria", "u:b"),
+            Scope::Direct,
+            ("g3", 0),
+            "b's own secret",
+            3_000,
+            unit(0),
+        ),
+        chunk(
+            ("marlowe", "u:a"),
+            Scope::Direct,
+            ("g4", 0),
+            "told to marlowe",
+            4_000,
+            unit(0),
+        ),
+    ];
+    store.add(chunks.clone()).await.unwrap();
+    store.add(chunks).await.unwrap(); // a job that runs twice stores each chunk once
+    let a = ConversationKey::new("aria", "u:a");
+    let groups = |found: &[whisper_actors::memory::Candidate]| {
+        found.iter().map(|c| c.group.clone()).collect::<Vec<_>>()
+    };
+    let query = |key: &ConversationKey, scopes, vector| MemoryQuery {
+        key: key.clone(),
+        scopes,
+        vector,
+        limit: 10,
+    };
+
+    let dm = store
+        .search(query(&a, AllowedScopes::Only(Scope::Direct), unit(0)))
+        .await
+        .unwrap();
+    assert_eq!(groups(&dm), ["g1"], "own DM only, one candidate per group");
+    assert_eq!(
+        dm[0].text, "my sister Ana lives in Porto",
+        "chunks re-joined in order"
+    );
+    assert!(
+        (dm[0].similarity - 1.0).abs() < 1e-4,
+        "{}",
+        dm[0].similarity
+    );
+
+    let guild = store
+        .search(query(&a, AllowedScopes::Only(Scope::Guild(1)), unit(0)))
+        .await
+        .unwrap();
+    assert!(
+        groups(&guild).iter().all(|g| g == "g2"),
+        "a DM never reaches a guild: {guild:?}"
+    );
+    let everywhere = store
+        .search(query(&a, AllowedScopes::DirectAndGuilds, unit(1)))
+        .await
+        .unwrap();
+    assert_eq!(
+        groups(&everywhere)[0],
+        "g2",
+        "guild memories follow into DMs"
+    );
+    assert!(groups(&everywhere).contains(&"g1".to_owned()));
+    let b = store
+        .search(query(
+            &ConversationKey::new("aria", "u:b"),
+            AllowedScopes::DirectAndGuilds,
+            unit(0),
+        ))
+        .await
+        .unwrap();
+    assert_eq!(groups(&b), ["g3"], "never another user's memories");
+
+    let listed = store.list(&a, 10).await.unwrap();
+    assert_eq!(
+        groups(&listed),
+        ["g2", "g1"],
+        "newest first, per conversation"
+    );
+
+    assert_eq!(store.forget_user("u:a").await.unwrap(), 4);
+    assert!(store.list(&a, 10).await.unwrap().is_empty());
+    assert!(
+        store
+            .list(&ConversationKey::new("marlowe", "u:a"), 10)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    assert_eq!(
+        store
+            .list(&ConversationKey::new("aria", "u:b"), 10)
+            .await
+            .unwrap()
+            .len(),
+        1
+    );
+}
+
+#[test]
+fn the_sqlite_memory_store_meets_the_contract() {
+    run_actix(|| async {
+        let dir = tempfile::tempdir().unwrap();
+        let db = sqlite::prepare(dir.path()).unwrap();
+        memory_contract(Arc::new(
+            whisperengine::store::sqlite_memory::SqliteMemory::start(db, 2, 100),
+        ))
+        .await;
+    });
+}
+
+/// Only where a Qdrant server is reachable (`QDRANT_URL`, gRPC, e.g. http://127.0.0.1:6334):
+/// none can run on the development machines.
+#[test]
+fn the_qdrant_memory_store_meets_the_contract_where_qdrant_runs() {
+    let Ok(url) = std::env::var("QDRANT_URL") else {
+        eprintln!("QDRANT_URL is not set: the Qdrant contract is not run here");
+        return;
+    };
+    run_actix(|| async move {
+        let prefix = format!("test_{}", std::process::id());
+        let store = whisperengine::store::qdrant_memory::QdrantMemory::connect(
+            &url,
+            &prefix,
+            Duration::from_secs(10),
+        )
+        .await
+        .expect("Qdrant at QDRANT_URL");
+        memory_contract(Arc::new(store)).await;
+    });
+}

@@ -1,0 +1,374 @@
+//! Vector memories in Qdrant (qdrant-client, gRPC), behind the same `MemoryStore` trait and
+//! memory contract as the embedded store; ranking, scope rules and re-joining stay in the core
+//! (`whisper_actors::memory`), so this adapter only stores and filters.
+//!
+//! One collection per character (`{prefix}_{character}`), cosine distance, payload indexes on
+//! `user_id`, `scope`, `scope_kind`, `group` and `created_at_ms`. Point ids are UUIDs derived
+//! from (user, character, group, chunk), so a job that runs twice writes each chunk once.
+//! Tested against a real server only where `QDRANT_URL` is set (none can run here).
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use qdrant_client::Qdrant;
+use qdrant_client::qdrant::{
+    Condition, CountPointsBuilder, CreateCollectionBuilder, CreateFieldIndexCollectionBuilder,
+    DeletePointsBuilder, Direction, Distance, FieldType, Filter, OrderByBuilder, PointStruct,
+    QueryPointsBuilder, ScrollPointsBuilder, UpsertPointsBuilder, VectorParamsBuilder,
+};
+use qdrant_client::{Payload, QdrantError};
+use serde::{Deserialize, Serialize};
+use whisper_actors::memory::{
+    AllowedScopes, Candidate, MemoryChunk, MemoryKind, MemoryQuery, MemoryStore,
+};
+use whisper_actors::ports::StoreError;
+use whisper_actors::{ConversationKey, Scope};
+
+use super::server::{Unreachable, wait_for};
+
+const STORE: &str = "qdrant memories";
+
+#[derive(Debug, thiserror::Error)]
+pub enum QdrantOpenError {
+    #[error("invalid storage.qdrant_url: {0}")]
+    Url(String),
+    #[error(transparent)]
+    Unreachable(#[from] Unreachable),
+}
+
+fn failed(operation: &'static str) -> impl Fn(QdrantError) -> StoreError {
+    move |e| StoreError::Failed {
+        store: STORE,
+        operation,
+        reason: e.to_string(),
+    }
+}
+
+/// What a point carries besides its vector.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+struct Stored {
+    user_id: String,
+    scope: String,
+    /// "console", "dm" or "guild": the DM-and-guilds rule filters on it.
+    scope_kind: String,
+    kind: String,
+    group: String,
+    chunk: u32,
+    text: String,
+    importance: f32,
+    created_at_ms: i64,
+}
+
+fn scope_kind(scope: &Scope) -> &'static str {
+    match scope {
+        Scope::Console => "console",
+        Scope::Direct => "dm",
+        Scope::Guild(_) => "guild",
+    }
+}
+
+pub struct QdrantMemory {
+    client: Qdrant,
+    prefix: String,
+}
+
+impl QdrantMemory {
+    pub async fn connect(url: &str, prefix: &str, wait: Duration) -> Result<Self, QdrantOpenError> {
+        let client = Qdrant::from_url(url)
+            .build()
+            .map_err(|e| QdrantOpenError::Url(e.to_string()))?;
+        wait_for("qdrant", url, wait, || client.health_check()).await?;
+        Ok(Self {
+            client,
+            prefix: prefix.to_owned(),
+        })
+    }
+
+    fn collection(&self, character: &str) -> String {
+        format!("{}_{character}", self.prefix)
+    }
+
+    async fn exists(&self, collection: &str) -> Result<bool, StoreError> {
+        self.client
+            .collection_exists(collection)
+            .await
+            .map_err(failed("check collection"))
+    }
+
+    /// Creates the character's collection (sized by the embedding model's vectors) and its
+    /// payload indexes the first time something is stored for it.
+    async fn ensure(&self, collection: &str, dimensions: u64) -> Result<(), StoreError> {
+        if self.exists(collection).await? {
+            return Ok(());
+        }
+        self.client
+            .create_collection(
+                CreateCollectionBuilder::new(collection)
+                    .vectors_config(VectorParamsBuilder::new(dimensions, Distance::Cosine)),
+            )
+            .await
+            .map_err(failed("create collection"))?;
+        for (field, kind) in [
+            ("user_id", FieldType::Keyword),
+            ("scope", FieldType::Keyword),
+            ("scope_kind", FieldType::Keyword),
+            ("group", FieldType::Keyword),
+            ("created_at_ms", FieldType::Integer),
+        ] {
+            self.client
+                .create_field_index(CreateFieldIndexCollectionBuilder::new(
+                    collection, field, kind,
+                ))
+                .await
+                .map_err(failed("create payload index"))?;
+        }
+        Ok(())
+    }
+
+    fn scope_filter(user: &str, scopes: &AllowedScopes) -> Filter {
+        let scope = match scopes {
+            AllowedScopes::Only(scope) => Condition::matches("scope", scope.to_string()),
+            AllowedScopes::DirectAndGuilds => {
+                Condition::matches("scope_kind", vec!["dm".to_owned(), "guild".to_owned()])
+            }
+        };
+        Filter::must([Condition::matches("user_id", user.to_owned()), scope])
+    }
+
+    /// Every chunk of the given groups, re-joined in chunk order.
+    async fn groups(
+        &self,
+        collection: &str,
+        user: &str,
+        groups: Vec<String>,
+    ) -> Result<BTreeMap<String, (Stored, String)>, StoreError> {
+        let mut joined: BTreeMap<String, Vec<Stored>> = BTreeMap::new();
+        if groups.is_empty() {
+            return Ok(BTreeMap::new());
+        }
+        let response = self
+            .client
+            .scroll(
+                ScrollPointsBuilder::new(collection)
+                    .filter(Filter::must([
+                        Condition::matches("user_id", user.to_owned()),
+                        Condition::matches("group", groups),
+                    ]))
+                    .limit(1024)
+                    .with_payload(true),
+            )
+            .await
+            .map_err(failed("read chunks"))?;
+        for point in response.result {
+            let stored: Stored = Payload::from(point.payload)
+                .deserialize()
+                .map_err(failed("read chunks"))?;
+            joined.entry(stored.group.clone()).or_default().push(stored);
+        }
+        Ok(joined
+            .into_iter()
+            .filter_map(|(group, mut chunks)| {
+                chunks.sort_by_key(|c| c.chunk);
+                let text = chunks
+                    .iter()
+                    .map(|c| c.text.as_str())
+                    .collect::<Vec<_>>()
+                    .join(" ");
+                chunks
+                    .into_iter()
+                    .next()
+                    .map(|first| (group, (first, text)))
+            })
+            .collect())
+    }
+}
+
+fn candidate(first: &Stored, text: String, similarity: f32) -> Option<Candidate> {
+    Some(Candidate {
+        group: first.group.clone(),
+        kind: MemoryKind::parse(&first.kind)?,
+        scope: first.scope.parse().ok()?,
+        text,
+        importance: first.importance,
+        created_at_ms: first.created_at_ms,
+        similarity,
+    })
+}
+
+fn point_id(chunk: &MemoryChunk) -> String {
+    // A stable UUID-shaped id from the chunk's identity (xxh3-128 of it).
+    let key = format!(
+        "{}\u{1f}{}\u{1f}{}\u{1f}{}",
+        chunk.key.user, chunk.key.character, chunk.group, chunk.chunk
+    );
+    let h = xxhash_rust::xxh3::xxh3_128(key.as_bytes());
+    let hex = format!("{h:032x}");
+    format!(
+        "{}-{}-{}-{}-{}",
+        &hex[0..8],
+        &hex[8..12],
+        &hex[12..16],
+        &hex[16..20],
+        &hex[20..32]
+    )
+}
+
+#[async_trait]
+impl MemoryStore for QdrantMemory {
+    async fn add(&self, chunks: Vec<MemoryChunk>) -> Result<(), StoreError> {
+        let mut by_collection: BTreeMap<String, (u64, Vec<PointStruct>)> = BTreeMap::new();
+        for chunk in chunks {
+            let stored = Stored {
+                user_id: chunk.key.user.to_string(),
+                scope: chunk.scope.to_string(),
+                scope_kind: scope_kind(&chunk.scope).to_owned(),
+                kind: chunk.kind.as_str().to_owned(),
+                group: chunk.group.clone(),
+                chunk: chunk.chunk,
+                text: chunk.text.clone(),
+                importance: chunk.importance,
+                created_at_ms: chunk.created_at_ms,
+            };
+            let payload = Payload::try_from(serde_json::to_value(&stored).map_err(|e| {
+                StoreError::Failed {
+                    store: STORE,
+                    operation: "store memories",
+                    reason: e.to_string(),
+                }
+            })?)
+            .map_err(failed("store memories"))?;
+            let dimensions = chunk.vector.len() as u64;
+            by_collection
+                .entry(self.collection(&chunk.key.character))
+                .or_insert_with(|| (dimensions, Vec::new()))
+                .1
+                .push(PointStruct::new(
+                    point_id(&chunk),
+                    chunk.vector.to_vec(),
+                    payload,
+                ));
+        }
+        for (collection, (dimensions, points)) in by_collection {
+            self.ensure(&collection, dimensions).await?;
+            self.client
+                .upsert_points(UpsertPointsBuilder::new(&collection, points).wait(true))
+                .await
+                .map_err(failed("store memories"))?;
+        }
+        Ok(())
+    }
+
+    async fn search(&self, query: MemoryQuery) -> Result<Vec<Candidate>, StoreError> {
+        let collection = self.collection(&query.key.character);
+        if !self.exists(&collection).await? {
+            return Ok(Vec::new());
+        }
+        let response = self
+            .client
+            .query(
+                QueryPointsBuilder::new(&collection)
+                    .query(query.vector.to_vec())
+                    .filter(Self::scope_filter(&query.key.user, &query.scopes))
+                    .limit(query.limit as u64)
+                    .with_payload(true),
+            )
+            .await
+            .map_err(failed("search memories"))?;
+        // The best chunk's score stands for its whole group.
+        let mut best: BTreeMap<String, f32> = BTreeMap::new();
+        for point in &response.result {
+            let stored: Stored = Payload::from(point.payload.clone())
+                .deserialize()
+                .map_err(failed("search memories"))?;
+            let score = best.entry(stored.group).or_insert(point.score);
+            *score = score.max(point.score);
+        }
+        let groups = self
+            .groups(&collection, &query.key.user, best.keys().cloned().collect())
+            .await?;
+        let mut out: Vec<Candidate> = groups
+            .into_iter()
+            .filter_map(|(group, (first, text))| candidate(&first, text, best[&group]))
+            .collect();
+        out.sort_by(|a, b| b.similarity.total_cmp(&a.similarity));
+        Ok(out)
+    }
+
+    async fn list(
+        &self,
+        key: &ConversationKey,
+        limit: usize,
+    ) -> Result<Vec<Candidate>, StoreError> {
+        let collection = self.collection(&key.character);
+        if !self.exists(&collection).await? {
+            return Ok(Vec::new());
+        }
+        let response = self
+            .client
+            .scroll(
+                ScrollPointsBuilder::new(&collection)
+                    .filter(Filter::must([Condition::matches(
+                        "user_id",
+                        key.user.to_string(),
+                    )]))
+                    .order_by(
+                        OrderByBuilder::new("created_at_ms").direction(Direction::Desc as i32),
+                    )
+                    .limit((limit * 8).max(limit) as u32)
+                    .with_payload(true),
+            )
+            .await
+            .map_err(failed("list memories"))?;
+        let mut groups = Vec::new();
+        for point in response.result {
+            let stored: Stored = Payload::from(point.payload)
+                .deserialize()
+                .map_err(failed("list memories"))?;
+            if !groups.contains(&stored.group) {
+                groups.push(stored.group);
+            }
+        }
+        groups.truncate(limit);
+        let joined = self.groups(&collection, &key.user, groups.clone()).await?;
+        Ok(groups
+            .iter()
+            .filter_map(|g| joined.get(g))
+            .filter_map(|(first, text)| candidate(first, text.clone(), 1.0))
+            .collect())
+    }
+
+    async fn forget_user(&self, user: &str) -> Result<u64, StoreError> {
+        let collections = self
+            .client
+            .list_collections()
+            .await
+            .map_err(failed("forget user"))?;
+        let mut deleted = 0;
+        for collection in collections.collections {
+            if !collection.name.starts_with(&format!("{}_", self.prefix)) {
+                continue;
+            }
+            let filter = Filter::must([Condition::matches("user_id", user.to_owned())]);
+            let counted = self
+                .client
+                .count(
+                    CountPointsBuilder::new(&collection.name)
+                        .filter(filter.clone())
+                        .exact(true),
+                )
+                .await
+                .map_err(failed("forget user"))?;
+            deleted += counted.result.map_or(0, |r| r.count);
+            self.client
+                .delete_points(
+                    DeletePointsBuilder::new(&collection.name)
+                        .points(filter)
+                        .wait(true),
+                )
+                .await
+                .map_err(failed("forget user"))?;
+        }
+        Ok(deleted)
+    }
+}
