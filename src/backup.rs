@@ -23,9 +23,10 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 use sha2::{Digest, Sha256};
 
-use crate::config::{FactsBackend, HistoryBackend, Settings};
+use crate::config::{FactsBackend, HistoryBackend, MemoryBackend, Settings};
 use crate::store::neo4j_facts::Neo4jFacts;
 use crate::store::postgres::PgHistory;
+use crate::store::qdrant_memory::QdrantMemory;
 use crate::store::sqlite;
 
 pub const FORMAT_VERSION: u32 = 1;
@@ -205,15 +206,15 @@ fn import_sqlite(db: &Path, tables: &[Table], rows: &[Row]) -> anyhow::Result<()
     Ok(())
 }
 
-/// Backing up only part of the data would look like success: refuse what is not covered yet.
-fn refuse_unsupported(settings: &Settings) -> anyhow::Result<()> {
-    if settings.storage.memory == crate::config::MemoryBackend::Qdrant {
-        bail!(
-            "backup and restore do not cover Qdrant memories yet (storage.memory = \"qdrant\"); \
-             use Qdrant's own snapshots for them"
-        );
-    }
-    Ok(())
+/// Qdrant, when vector memories live there.
+async fn qdrant_target(settings: &Settings) -> anyhow::Result<Option<QdrantMemory>> {
+    let s = &settings.storage;
+    Ok(match s.memory {
+        MemoryBackend::Sqlite => None,
+        MemoryBackend::Qdrant => {
+            Some(QdrantMemory::connect(&s.qdrant_url, &s.qdrant_prefix, s.connect_timeout).await?)
+        }
+    })
 }
 
 /// Where history lives, as configured: the embedded database or a PostgreSQL connection.
@@ -283,11 +284,11 @@ pub async fn backup(
     if dir.join("manifest.json").exists() {
         bail!("{} already holds a backup", dir.display());
     }
-    refuse_unsupported(settings)?;
     std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     let db = sqlite::prepare(&settings.storage.data_dir)?;
     let history = history_target(settings).await?;
     let facts = facts_target(settings).await?;
+    let qdrant = qdrant_target(settings).await?;
     let mut files = Vec::new();
     for section in &SECTIONS {
         let mut rows = Vec::new();
@@ -297,6 +298,11 @@ pub async fn backup(
                     rows.extend(pg.export_rows(table.name, table.columns).await?)
                 }
                 (_, FactsTarget::Neo4j(graph), "facts") => rows.extend(graph.export_rows().await?),
+                (_, _, "memories") if qdrant.is_some() => {
+                    if let Some(q) = &qdrant {
+                        rows.extend(q.export_rows().await?)
+                    }
+                }
                 _ => export_sqlite(&db, table, &mut rows)?,
             }
         }
@@ -327,7 +333,14 @@ pub async fn backup(
             }
             .to_owned(),
         ),
-        ("memories".to_owned(), "sqlite".to_owned()),
+        (
+            "memories".to_owned(),
+            match settings.storage.memory {
+                MemoryBackend::Sqlite => "sqlite",
+                MemoryBackend::Qdrant => "qdrant",
+            }
+            .to_owned(),
+        ),
         (
             "facts".to_owned(),
             match settings.storage.facts {
@@ -407,7 +420,6 @@ pub async fn restore(
     mut progress: impl FnMut(&str),
 ) -> anyhow::Result<Manifest> {
     let manifest = verify(dir)?;
-    refuse_unsupported(settings)?;
     let mut parsed = Vec::new();
     for section in &SECTIONS {
         parsed.push((section, read_rows(&dir.join(section.file))?));
@@ -415,8 +427,14 @@ pub async fn restore(
     let db = sqlite::prepare(&settings.storage.data_dir)?;
     let history = history_target(settings).await?;
     let facts = facts_target(settings).await?;
+    let qdrant = qdrant_target(settings).await?;
     for (section, rows) in &parsed {
         match (&history, &facts, section.file) {
+            (_, _, "memories.jsonl") if qdrant.is_some() => {
+                if let Some(q) = &qdrant {
+                    q.import_rows(rows).await?
+                }
+            }
             (_, FactsTarget::Neo4j(graph), "facts.jsonl") => graph.import_rows(rows).await?,
             (HistoryTarget::Postgres(pg), _, "history.jsonl") => {
                 pg.import_rows(

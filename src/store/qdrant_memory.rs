@@ -214,6 +214,117 @@ fn point_id(chunk: &MemoryChunk) -> String {
     )
 }
 
+/// Backup and restore in the portable format (`crate::backup`): every point of every collection
+/// of this prefix, as the embedded `memories` table's columns (vector in base64, f32 LE).
+impl QdrantMemory {
+    async fn own_collections(&self) -> Result<Vec<String>, StoreError> {
+        let prefix = format!("{}_", self.prefix);
+        Ok(self
+            .client
+            .list_collections()
+            .await
+            .map_err(failed("list collections"))?
+            .collections
+            .into_iter()
+            .filter(|c| c.name.starts_with(&prefix))
+            .map(|c| c.name)
+            .collect())
+    }
+
+    pub async fn export_rows(
+        &self,
+    ) -> anyhow::Result<Vec<serde_json::Map<String, serde_json::Value>>> {
+        use base64::Engine as _;
+        let mut rows = Vec::new();
+        for collection in self.own_collections().await? {
+            let character = collection[self.prefix.len() + 1..].to_owned();
+            let mut offset = None;
+            loop {
+                let mut request = ScrollPointsBuilder::new(&collection)
+                    .limit(256)
+                    .with_payload(true)
+                    .with_vectors(true);
+                if let Some(at) = offset.take() {
+                    request = request.offset(at);
+                }
+                let page = self.client.scroll(request).await?;
+                for point in page.result {
+                    let vector = match point.vectors.and_then(|v| v.get_vector()) {
+                        Some(qdrant_client::qdrant::vector_output::Vector::Dense(d)) => d.data,
+                        _ => anyhow::bail!("a point in {collection} has no dense vector"),
+                    };
+                    let stored: Stored = Payload::from(point.payload).deserialize()?;
+                    let bytes: Vec<u8> = vector.iter().flat_map(|x| x.to_le_bytes()).collect();
+                    let row = serde_json::json!({
+                        "table": "memories",
+                        "character": character,
+                        "user_id": stored.user_id,
+                        "scope": stored.scope,
+                        "kind": stored.kind,
+                        "grp": stored.group,
+                        "chunk": stored.chunk,
+                        "text": stored.text,
+                        "importance": stored.importance,
+                        "created_at_ms": stored.created_at_ms,
+                        "vector": base64::engine::general_purpose::STANDARD.encode(bytes),
+                    });
+                    if let serde_json::Value::Object(object) = row {
+                        rows.push(object);
+                    }
+                }
+                match page.next_page_offset {
+                    Some(next) => offset = Some(next),
+                    None => break,
+                }
+            }
+        }
+        Ok(rows)
+    }
+
+    /// Replaces every collection of this prefix with the rows' points.
+    pub async fn import_rows(
+        &self,
+        rows: &[serde_json::Map<String, serde_json::Value>],
+    ) -> anyhow::Result<()> {
+        use base64::Engine as _;
+        for collection in self.own_collections().await? {
+            self.client.delete_collection(&collection).await?;
+        }
+        let mut chunks = Vec::new();
+        for row in rows.iter().filter(|r| r["table"] == "memories") {
+            let text = |k: &str| row.get(k).and_then(|v| v.as_str()).unwrap_or_default();
+            let bytes = base64::engine::general_purpose::STANDARD.decode(text("vector"))?;
+            let vector: Vec<f32> = bytes
+                .chunks_exact(4)
+                .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+                .collect();
+            chunks.push(MemoryChunk {
+                key: ConversationKey::new(text("character"), text("user_id")),
+                scope: text("scope").parse().map_err(|e| anyhow::anyhow!("{e}"))?,
+                kind: MemoryKind::parse(text("kind"))
+                    .ok_or_else(|| anyhow::anyhow!("unknown memory kind {}", text("kind")))?,
+                group: text("grp").to_owned(),
+                chunk: row.get("chunk").and_then(|v| v.as_u64()).unwrap_or(0) as u32,
+                text: text("text").to_owned(),
+                importance: row
+                    .get("importance")
+                    .and_then(|v| v.as_f64())
+                    .unwrap_or(0.0) as f32,
+                created_at_ms: row
+                    .get("created_at_ms")
+                    .and_then(|v| v.as_i64())
+                    .unwrap_or(0),
+                vector: vector.into(),
+            });
+            if chunks.len() == 256 {
+                self.add(std::mem::take(&mut chunks)).await?;
+            }
+        }
+        self.add(chunks).await?;
+        Ok(())
+    }
+}
+
 #[async_trait]
 impl MemoryStore for QdrantMemory {
     async fn add(&self, chunks: Vec<MemoryChunk>) -> Result<(), StoreError> {
@@ -339,16 +450,9 @@ impl MemoryStore for QdrantMemory {
     }
 
     async fn forget_user(&self, user: &str) -> Result<u64, StoreError> {
-        let collections = self
-            .client
-            .list_collections()
-            .await
-            .map_err(failed("forget user"))?;
         let mut deleted = 0;
-        for collection in collections.collections {
-            if !collection.name.starts_with(&format!("{}_", self.prefix)) {
-                continue;
-            }
+        for name in self.own_collections().await? {
+            let collection = qdrant_client::qdrant::CollectionDescription { name };
             let filter = Filter::must([Condition::matches("user_id", user.to_owned())]);
             let counted = self
                 .client

@@ -184,3 +184,35 @@ fn a_corrupt_or_partial_backup_is_refused_and_changes_nothing() {
         assert_ne!(answers(&s).await, current, "the good backup restores");
     });
 }
+
+/// Where a Qdrant server is reachable (`QDRANT_URL`): memories move into Qdrant and back
+/// unchanged. None can run on the development machines.
+#[test]
+fn memories_move_into_qdrant_and_back_where_qdrant_runs() {
+    let Ok(url) = std::env::var("QDRANT_URL") else {
+        eprintln!("QDRANT_URL is not set: the Qdrant backup path is not run here");
+        return;
+    };
+    run_actix(|| async move {
+        let llm = ScriptedLlm::start().await;
+        let original = tempfile::tempdir().unwrap();
+        let s = populate(original.path(), &llm).await;
+        let before = answers(&s).await;
+        let backups = tempfile::tempdir().unwrap();
+        let first = backups.path().join("first");
+        backup::backup(&s, &first, |_| {}).await.unwrap();
+        let elsewhere = tempfile::tempdir().unwrap();
+        let mut server = with_data_dir(&s, elsewhere.path());
+        server.storage.memory = whisperengine::config::MemoryBackend::Qdrant;
+        server.storage.qdrant_url = url;
+        server.storage.qdrant_prefix = format!("backup_{}", std::process::id());
+        backup::restore(&server, &first, |_| {}).await.unwrap();
+        assert_eq!(answers(&server).await, before);
+        let second = backups.path().join("second");
+        backup::backup(&server, &second, |_| {}).await.unwrap();
+        let again = tempfile::tempdir().unwrap();
+        let back = with_data_dir(&s, again.path());
+        backup::restore(&back, &second, |_| {}).await.unwrap();
+        assert_eq!(answers(&back).await, before);
+    });
+}
