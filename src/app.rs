@@ -26,7 +26,7 @@ use crate::status;
 use crate::store::neo4j_facts::Neo4jFacts;
 use crate::store::postgres::PgHistory;
 use crate::store::qdrant_memory::QdrantMemory;
-use crate::store::redis_cache::{self, CachedHistory, RedisRateLimiter};
+use crate::store::redis_cache::{CachedHistory, RedisRateLimiter};
 use crate::store::redis_jobs::RedisJobs;
 use crate::store::sqlite::{self, SqliteHistory};
 use crate::store::sqlite_facts::SqliteFacts;
@@ -222,7 +222,7 @@ async fn redis_extras(
         });
         return Ok((history, limiter));
     }
-    let pool = redis_cache::connect(&s.redis_url, s.connect_timeout)
+    let pool = crate::store::redis_jobs::pool(&s.redis_url, s.connect_timeout)
         .await
         .context("opening the Redis cache (storage.redis_cache = true)")?;
     let limiter = (limits.messages_per_window > 0).then(|| {
@@ -254,7 +254,7 @@ async fn memory_store(
             (Arc::new(store), stats)
         }
         MemoryBackend::Qdrant => {
-            let store = QdrantMemory::connect(&s.qdrant_url, &s.qdrant_prefix, s.connect_timeout)
+            let store = QdrantMemory::from_storage(s)
                 .await
                 .context("opening the vector memory (storage.memory = \"qdrant\")")?;
             (Arc::new(store), Arc::new(Default::default()))
@@ -271,15 +271,9 @@ async fn fact_store(
     Ok(match s.facts {
         FactsBackend::Sqlite => Arc::new(SqliteFacts::start(db.to_owned())),
         FactsBackend::Neo4j => Arc::new(
-            Neo4jFacts::connect(
-                &s.neo4j_uri,
-                &s.neo4j_user,
-                &s.neo4j_password,
-                &s.neo4j_database,
-                s.connect_timeout,
-            )
-            .await
-            .context("opening the fact graph (storage.facts = \"neo4j\")")?,
+            Neo4jFacts::from_storage(s)
+                .await
+                .context("opening the fact graph (storage.facts = \"neo4j\")")?,
         ),
     })
 }

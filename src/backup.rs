@@ -211,9 +211,7 @@ async fn qdrant_target(settings: &Settings) -> anyhow::Result<Option<QdrantMemor
     let s = &settings.storage;
     Ok(match s.memory {
         MemoryBackend::Sqlite => None,
-        MemoryBackend::Qdrant => {
-            Some(QdrantMemory::connect(&s.qdrant_url, &s.qdrant_prefix, s.connect_timeout).await?)
-        }
+        MemoryBackend::Qdrant => Some(QdrantMemory::from_storage(s).await?),
     })
 }
 
@@ -233,16 +231,7 @@ async fn facts_target(settings: &Settings) -> anyhow::Result<FactsTarget> {
     let s = &settings.storage;
     Ok(match s.facts {
         FactsBackend::Sqlite => FactsTarget::Sqlite,
-        FactsBackend::Neo4j => FactsTarget::Neo4j(
-            Neo4jFacts::connect(
-                &s.neo4j_uri,
-                &s.neo4j_user,
-                &s.neo4j_password,
-                &s.neo4j_database,
-                s.connect_timeout,
-            )
-            .await?,
-        ),
+        FactsBackend::Neo4j => FactsTarget::Neo4j(Neo4jFacts::from_storage(s).await?),
     })
 }
 

@@ -47,6 +47,45 @@ fn uid(user: &str, key: &str) -> String {
     format!("{user}\u{1f}{key}")
 }
 
+/// An edge's properties, whether it comes from extraction or from a backup.
+struct Edge {
+    predicate: String,
+    confidence: f64,
+    source: String,
+    valid_from_ms: i64,
+    valid_to_ms: Option<i64>,
+}
+
+/// The queries that put `subject -[edge]-> object` in `user`'s graph: both entities merged on
+/// their uid (user + lower-cased name), then the edge created between them.
+fn link(user: &str, (subject, object): (&str, &str), edge: Edge) -> [Query; 3] {
+    let entity = |name: &str| {
+        let key = name.to_lowercase();
+        query(
+            "MERGE (e:Entity {uid: $uid})
+             SET e.user_id = $user, e.key = $key, e.name = $name",
+        )
+        .param("uid", uid(user, &key))
+        .param("user", user.to_owned())
+        .param("key", key)
+        .param("name", name.to_owned())
+    };
+    let rel = query(
+        "MATCH (s:Entity {uid: $suid}), (o:Entity {uid: $ouid})
+         CREATE (s)-[:REL {predicate: $p, confidence: $c, source: $src,
+                           valid_from_ms: $from, valid_to_ms: $to, user_id: $user}]->(o)",
+    )
+    .param("suid", uid(user, &subject.to_lowercase()))
+    .param("ouid", uid(user, &object.to_lowercase()))
+    .param("p", edge.predicate)
+    .param("c", edge.confidence)
+    .param("src", edge.source)
+    .param("from", edge.valid_from_ms)
+    .param("to", edge.valid_to_ms)
+    .param("user", user.to_owned());
+    [entity(subject), entity(object), rel]
+}
+
 impl Neo4jFacts {
     /// Connects (waiting up to `wait`) and creates the uniqueness constraint if needed.
     pub async fn connect(
@@ -84,6 +123,18 @@ impl Neo4jFacts {
             warn!(%error, "could not create the Entity.uid uniqueness constraint");
         }
         Ok(Self { graph })
+    }
+
+    /// The Bolt server `storage.neo4j_*` names.
+    pub async fn from_storage(s: &crate::config::StorageSection) -> Result<Self, Neo4jOpenError> {
+        Self::connect(
+            &s.neo4j_uri,
+            &s.neo4j_user,
+            &s.neo4j_password,
+            &s.neo4j_database,
+            s.connect_timeout,
+        )
+        .await
     }
 
     async fn count(&self, q: Query) -> Result<i64, StoreError> {
@@ -149,39 +200,22 @@ impl Neo4jFacts {
         for row in rows.iter().filter(|r| r["table"] == "facts") {
             let user = text(row, "user_id");
             let (subject, object) = (text(row, "subject"), text(row, "object"));
-            let (suid, ouid) = (
-                uid(&user, &subject.to_lowercase()),
-                uid(&user, &object.to_lowercase()),
-            );
-            for (node_uid, name) in [(&suid, &subject), (&ouid, &object)] {
-                txn.run(
-                    query(
-                        "MERGE (e:Entity {uid: $uid})
-                         SET e.user_id = $user, e.key = $key, e.name = $name",
-                    )
-                    .param("uid", node_uid.clone())
-                    .param("user", user.clone())
-                    .param("key", name.to_lowercase())
-                    .param("name", name.clone()),
-                )
-                .await?;
+            let edge = Edge {
+                predicate: text(row, "predicate"),
+                confidence: row
+                    .get("confidence")
+                    .and_then(|v| v.as_f64())
+                    .unwrap_or(0.0),
+                source: text(row, "source"),
+                valid_from_ms: row
+                    .get("valid_from_ms")
+                    .and_then(|v| v.as_i64())
+                    .unwrap_or(0),
+                valid_to_ms: row.get("valid_to_ms").and_then(|v| v.as_i64()),
+            };
+            for q in link(&user, (&subject, &object), edge) {
+                txn.run(q).await?;
             }
-            txn.run(
-                query(
-                    "MATCH (s:Entity {uid: $suid}), (o:Entity {uid: $ouid})
-                     CREATE (s)-[:REL {predicate: $p, confidence: $c, source: $src,
-                                       valid_from_ms: $from, valid_to_ms: $to, user_id: $user}]->(o)",
-                )
-                .param("suid", suid)
-                .param("ouid", ouid)
-                .param("p", text(row, "predicate"))
-                .param("c", row.get("confidence").and_then(|v| v.as_f64()).unwrap_or(0.0))
-                .param("src", text(row, "source"))
-                .param("from", row.get("valid_from_ms").and_then(|v| v.as_i64()).unwrap_or(0))
-                .param("to", row.get("valid_to_ms").and_then(|v| v.as_i64()))
-                .param("user", user),
-            )
-            .await?;
         }
         txn.commit().await?;
         Ok(())
@@ -249,36 +283,16 @@ impl FactStore for Neo4jFacts {
                 .await
                 .map_err(failed("close old fact"))?;
             }
-            for (node_uid, key, name) in [(&suid, &skey, subject), (&ouid, &okey, object)] {
-                txn.run(
-                    query(
-                        "MERGE (e:Entity {uid: $uid})
-                         SET e.user_id = $user, e.key = $key, e.name = $name",
-                    )
-                    .param("uid", node_uid.clone())
-                    .param("user", user.to_owned())
-                    .param("key", key.clone())
-                    .param("name", name.to_owned()),
-                )
-                .await
-                .map_err(failed("upsert entity"))?;
+            let edge = Edge {
+                predicate: f.predicate.clone(),
+                confidence: f.confidence as f64,
+                source: source.to_owned(),
+                valid_from_ms: now_ms,
+                valid_to_ms: None,
+            };
+            for q in link(user, (subject, object), edge) {
+                txn.run(q).await.map_err(failed("upsert fact"))?;
             }
-            txn.run(
-                query(
-                    "MATCH (s:Entity {uid: $suid}), (o:Entity {uid: $ouid})
-                     CREATE (s)-[:REL {predicate: $p, confidence: $c, source: $src,
-                                       valid_from_ms: $now, user_id: $user}]->(o)",
-                )
-                .param("suid", suid)
-                .param("ouid", ouid)
-                .param("p", f.predicate.clone())
-                .param("c", f.confidence as f64)
-                .param("src", source.to_owned())
-                .param("now", now_ms)
-                .param("user", user.to_owned()),
-            )
-            .await
-            .map_err(failed("upsert fact"))?;
             stored += 1;
         }
         txn.commit().await.map_err(failed("upsert"))?;

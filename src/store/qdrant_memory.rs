@@ -71,6 +71,8 @@ fn scope_kind(scope: &Scope) -> &'static str {
 pub struct QdrantMemory {
     client: Qdrant,
     prefix: String,
+    /// Collections known to exist: a search should not cost an extra round trip to ask.
+    known: std::sync::Mutex<std::collections::HashSet<String>>,
 }
 
 impl QdrantMemory {
@@ -82,7 +84,13 @@ impl QdrantMemory {
         Ok(Self {
             client,
             prefix: prefix.to_owned(),
+            known: Default::default(),
         })
+    }
+
+    /// The Qdrant `storage.qdrant_*` names.
+    pub async fn from_storage(s: &crate::config::StorageSection) -> Result<Self, QdrantOpenError> {
+        Self::connect(&s.qdrant_url, &s.qdrant_prefix, s.connect_timeout).await
     }
 
     fn collection(&self, character: &str) -> String {
@@ -90,10 +98,30 @@ impl QdrantMemory {
     }
 
     async fn exists(&self, collection: &str) -> Result<bool, StoreError> {
-        self.client
+        if self
+            .known
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .contains(collection)
+        {
+            return Ok(true);
+        }
+        let exists = self
+            .client
             .collection_exists(collection)
             .await
-            .map_err(failed("check collection"))
+            .map_err(failed("check collection"))?;
+        if exists {
+            self.remember(collection);
+        }
+        Ok(exists)
+    }
+
+    fn remember(&self, collection: &str) {
+        self.known
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(collection.to_owned());
     }
 
     /// Creates the character's collection (sized by the embedding model's vectors) and its
@@ -123,6 +151,7 @@ impl QdrantMemory {
                 .await
                 .map_err(failed("create payload index"))?;
         }
+        self.remember(collection);
         Ok(())
     }
 
@@ -289,6 +318,10 @@ impl QdrantMemory {
         use base64::Engine as _;
         for collection in self.own_collections().await? {
             self.client.delete_collection(&collection).await?;
+            self.known
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .remove(&collection);
         }
         let mut chunks = Vec::new();
         for row in rows.iter().filter(|r| r["table"] == "memories") {

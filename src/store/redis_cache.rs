@@ -6,15 +6,12 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use async_trait::async_trait;
+use deadpool_redis::Pool;
 use deadpool_redis::redis::{self, AsyncCommands};
-use deadpool_redis::{Config, Pool, Runtime};
 use tracing::warn;
 use whisper_actors::limits::RateLimiter;
 use whisper_actors::ports::{HistoryStore, Profile, StoreError, Turn};
 use whisper_actors::{ConversationKey, Scope};
-
-use super::redis_jobs::RedisOpenError;
-use super::server::{redact, wait_for};
 
 const STORE: &str = "redis cache";
 
@@ -23,18 +20,6 @@ fn unavailable(e: impl std::fmt::Display) -> StoreError {
         store: STORE,
         reason: e.to_string(),
     }
-}
-
-/// A pool for the cache and limits (the job queue has its own).
-pub async fn connect(url: &str, wait: Duration) -> Result<Pool, RedisOpenError> {
-    let pool = Config::from_url(url)
-        .create_pool(Some(Runtime::Tokio1))
-        .map_err(|e| RedisOpenError::Url {
-            url: redact(url),
-            reason: e.to_string(),
-        })?;
-    wait_for("redis", url, wait, || pool.get()).await?;
-    Ok(pool)
 }
 
 /// `HistoryStore` with profiles cached in Redis. A cache that fails is skipped (the store

@@ -14,7 +14,7 @@
 //! duplicate a job. The scripts reach keys derived from the job id, so this targets a single
 //! Redis server (not Redis Cluster).
 
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use async_trait::async_trait;
 use deadpool_redis::redis::{self, AsyncCommands, Script};
@@ -43,12 +43,7 @@ pub struct RedisJobs {
     consumer: String,
 }
 
-fn now_ms() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or(0)
-}
+use whisper_actors::conversation::pipeline::unix_ms as now_ms;
 
 fn failed(operation: &'static str) -> impl Fn(redis::RedisError) -> StoreError {
     move |e| {
@@ -159,17 +154,27 @@ end
 redis.call('DEL', KEYS[1])
 return #ids";
 
+/// A connection pool to the Redis at `url`, once the server answers (waiting up to `wait`).
+pub async fn pool(url: &str, wait: Duration) -> Result<Pool, RedisOpenError> {
+    let pool = Config::from_url(url)
+        .create_pool(Some(Runtime::Tokio1))
+        .map_err(|e| RedisOpenError::Url {
+            url: redact(url),
+            reason: e.to_string(),
+        })?;
+    wait_for("redis", url, wait, || pool.get()).await?;
+    Ok(pool)
+}
+
 impl RedisJobs {
     /// Connects (waiting up to `wait`), and creates the stream's consumer group if needed.
     /// `prefix` namespaces every key, so several bots (or tests) can share one server.
     pub async fn connect(url: &str, prefix: &str, wait: Duration) -> Result<Self, RedisOpenError> {
-        let pool = Config::from_url(url)
-            .create_pool(Some(Runtime::Tokio1))
-            .map_err(|e| RedisOpenError::Url {
-                url: redact(url),
-                reason: e.to_string(),
-            })?;
-        let mut conn = wait_for("redis", url, wait, || pool.get()).await?;
+        let pool = pool(url, wait).await?;
+        let mut conn = pool.get().await.map_err(|e| RedisOpenError::Group {
+            url: redact(url),
+            reason: e.to_string(),
+        })?;
         let created: redis::RedisResult<()> = redis::cmd("XGROUP")
             .arg("CREATE")
             .arg(format!("{prefix}:jobs"))

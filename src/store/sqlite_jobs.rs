@@ -2,7 +2,7 @@
 //! A lease that expires (its worker died) makes the job due again.
 
 use std::path::PathBuf;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use actix::prelude::*;
 use async_trait::async_trait;
@@ -14,12 +14,7 @@ use super::sqlite::LazyConnection;
 
 const STORE: &str = "sqlite job queue";
 
-fn now_ms() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or(0)
-}
+use whisper_actors::conversation::pipeline::unix_ms as now_ms;
 
 struct Worker {
     conn: LazyConnection,
