@@ -69,6 +69,7 @@ fn message(
     UserMessage {
         key: key.clone(),
         scope: Scope::Console,
+        channel: None,
         display_name: key.user.to_string(),
         text: format!("message number {id}, how are you today?"),
         message_id: id,

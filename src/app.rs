@@ -32,6 +32,8 @@ use crate::store::sqlite::{self, SqliteHistory};
 use crate::store::sqlite_facts::SqliteFacts;
 use crate::store::sqlite_jobs::SqliteJobs;
 use crate::store::sqlite_memory::SqliteMemory;
+use crate::transport::discord::channel::{ChannelContextProvider, ChannelLog};
+use crate::transport::discord::policy::Access;
 use whisper_actors::facts::FactStore;
 use whisper_actors::jobs::{JobQueue, JobSettings};
 use whisper_actors::limits::{LocalRateLimiter, RateLimiter};
@@ -80,6 +82,8 @@ impl std::fmt::Display for ForgetReport {
 /// The user's data in every store: what "forget me" and `/memories` work on.
 #[derive(Clone)]
 pub struct UserData {
+    /// The embedded database file (always present: it holds whichever stores are embedded).
+    db: std::path::PathBuf,
     history: Arc<dyn HistoryStore>,
     memory: Arc<dyn MemoryStore>,
     facts: Arc<dyn FactStore>,
@@ -139,6 +143,15 @@ impl UserData {
                 .await
                 .context("forgetting facts")?;
         }
+        // Deleted rows are zeroed in place (secure_delete); the log's older page versions go too.
+        let db = self.db.clone();
+        match tokio::task::spawn_blocking(move || sqlite::checkpoint(&db)).await {
+            Ok(Ok(())) => {}
+            Ok(Err(error)) => {
+                warn!(%error, "could not truncate the write-ahead log after a forget")
+            }
+            Err(error) => warn!(%error, "the write-ahead log checkpoint panicked"),
+        }
         Ok(report)
     }
 
@@ -193,7 +206,7 @@ async fn history_store(
         }
         HistoryBackend::Postgres => {
             let store = PgHistory::connect(
-                &settings.storage.postgres_url,
+                settings.storage.postgres_url.expose(),
                 settings.pools.postgres,
                 settings.storage.connect_timeout,
             )
@@ -222,7 +235,7 @@ async fn redis_extras(
         });
         return Ok((history, limiter));
     }
-    let pool = crate::store::redis_jobs::pool(&s.redis_url, s.connect_timeout)
+    let pool = crate::store::redis_jobs::pool(s.redis_url.expose(), s.connect_timeout)
         .await
         .context("opening the Redis cache (storage.redis_cache = true)")?;
     let limiter = (limits.messages_per_window > 0).then(|| {
@@ -284,7 +297,7 @@ async fn job_queue(settings: &Settings, db: &std::path::Path) -> anyhow::Result<
         JobsBackend::Sqlite => Arc::new(SqliteJobs::start(db.to_owned())),
         JobsBackend::Redis => Arc::new(
             RedisJobs::connect(
-                &settings.storage.redis_url,
+                settings.storage.redis_url.expose(),
                 &settings.storage.redis_prefix,
                 settings.storage.connect_timeout,
             )
@@ -299,6 +312,7 @@ pub async fn open_user_data(settings: &Settings) -> anyhow::Result<UserData> {
     let db = sqlite::prepare(&settings.storage.data_dir)?;
     let (history, _) = history_store(settings, &db).await?;
     Ok(UserData {
+        db: db.clone(),
         history,
         memory: memory_store(settings, &db).await?.0,
         facts: fact_store(settings, &db).await?,
@@ -312,6 +326,7 @@ pub struct App {
     local_llm: Option<LocalServer>,
     reporter: JoinHandle<()>,
     endpoint: Option<crate::observe::Endpoint>,
+    channel_log: Option<Arc<ChannelLog>>,
     settings: Settings,
 }
 
@@ -408,6 +423,7 @@ impl App {
         let facts = fact_store(&settings, &db).await?;
         let jobs = job_queue(&settings, &db).await?;
         let user_data = UserData {
+            db: db.clone(),
             history: history.clone(),
             memory: memory.clone(),
             facts: facts.clone(),
@@ -457,16 +473,32 @@ impl App {
         let endpoint = match (&extras.model, &local_llm) {
             (Some(_), _) => "in-process model".to_owned(),
             (None, Some(server)) => server.base_url().to_owned(),
-            (None, None) => settings.llm.base_url.clone(),
+            (None, None) => settings.llm.base_url.expose().to_owned(),
         };
         let model: Arc<dyn ChatModel> = match extras.model {
             Some(model) => model,
             None => Arc::new(
-                OpenAiChat::new(&endpoint, &settings.llm.api_key, &settings.llm.model)
-                    .context("building the HTTP client for the model endpoint")?,
+                OpenAiChat::new(
+                    &endpoint,
+                    settings.llm.api_key.expose(),
+                    &settings.llm.model,
+                )
+                .context("building the HTTP client for the model endpoint")?,
             ),
         };
 
+        // Discord bots see their guild channels' recent messages (fed by the gateway).
+        let channel_context = &settings.discord.channel_context;
+        let channel_log = (!settings.discord.tokens.is_empty() && channel_context.enabled)
+            .then(|| Arc::new(ChannelLog::new(channel_context)));
+        let mut providers = extras.providers;
+        if let Some(log) = &channel_log {
+            providers.push(Arc::new(ChannelContextProvider::new(
+                log.clone(),
+                Arc::new(Access::from(&settings.discord)),
+                channel_context,
+            )));
+        }
         let runtime = Runtime::start(
             settings.runtime_settings(),
             RuntimeParts {
@@ -474,7 +506,7 @@ impl App {
                 model,
                 pools,
                 history,
-                extra_providers: extras.providers,
+                extra_providers: providers,
                 extra_tools: extras.tools,
                 limiter,
                 embedder,
@@ -508,12 +540,18 @@ impl App {
             local_llm,
             reporter,
             endpoint: metrics,
+            channel_log,
             settings,
         })
     }
 
     pub fn router(&self) -> ShardRouter {
         self.runtime.router()
+    }
+
+    /// The guild channels' recent messages, when Discord bots with channel context run.
+    pub fn channel_log(&self) -> Option<Arc<ChannelLog>> {
+        self.channel_log.clone()
     }
 
     /// The local model server's pid, when the embedded default runs one.
@@ -543,6 +581,7 @@ impl App {
             jobs: self.runtime.jobs().cloned(),
             stats: self.runtime.stats(),
             grace: self.settings.runtime.shutdown_timeout,
+            channel_log: self.channel_log.clone(),
         }
     }
 
@@ -580,6 +619,7 @@ pub struct UserControl {
     jobs: Option<Arc<whisper_actors::jobs::JobSystem>>,
     stats: Arc<whisper_actors::stats::RuntimeStats>,
     grace: Duration,
+    channel_log: Option<Arc<ChannelLog>>,
 }
 
 impl UserControl {
@@ -588,6 +628,9 @@ impl UserControl {
     /// waits out the user's running ones, then deletes what `scope` names.
     pub async fn forget(&self, user: &str, scope: ForgetScope) -> anyhow::Result<ForgetReport> {
         let forgotten = self.router.forget_user(user).await;
+        if let Some(log) = &self.channel_log {
+            log.forget(user);
+        }
         if !forgotten.finished(self.grace).await {
             warn!(user, grace = ?self.grace, "a turn of the forgotten user is still running; deleting anyway");
         }

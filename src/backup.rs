@@ -240,7 +240,7 @@ async fn history_target(settings: &Settings) -> anyhow::Result<HistoryTarget> {
         HistoryBackend::Sqlite => HistoryTarget::Sqlite,
         HistoryBackend::Postgres => HistoryTarget::Postgres(
             PgHistory::connect(
-                &settings.storage.postgres_url,
+                settings.storage.postgres_url.expose(),
                 1,
                 settings.storage.connect_timeout,
             )

@@ -8,6 +8,7 @@ pub mod config;
 pub mod embed;
 pub mod llm;
 pub mod observe;
+pub mod secret;
 pub mod status;
 pub mod store;
 pub mod telemetry;

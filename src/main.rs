@@ -115,7 +115,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             command: ConfigCommand::Check,
         } => {
             let (settings, characters) = load(&cli)?;
-            print!("{}", settings.redacted().to_toml());
+            print!("{}", settings.to_toml());
             println!(
                 "\n# characters: {}",
                 characters.ids().collect::<Vec<_>>().join(", ")

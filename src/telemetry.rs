@@ -14,10 +14,27 @@ pub enum LogTarget<'a> {
     File(&'a Path),
 }
 
+/// The filter for `logging.level`. Message content never reaches a log above trace level: our
+/// own code logs lengths and ids, and the Discord libraries are held to what is safe, because
+/// serenity prints a whole gateway payload when one fails to parse (at warn) and records request
+/// bodies in its HTTP spans (at info). Naming `serenity` in `logging.level` overrides this.
+pub fn filter_directives(level: &str) -> String {
+    let level = if level.trim().is_empty() {
+        "info"
+    } else {
+        level.trim()
+    };
+    if level.contains("serenity") {
+        level.to_owned()
+    } else {
+        format!("{level},serenity=warn,serenity::gateway::ws=error")
+    }
+}
+
 /// Installs the global subscriber. `RUST_LOG`, when set, overrides `logging.level`.
 pub fn init(logging: &LoggingSection, target: LogTarget<'_>) -> std::io::Result<()> {
-    let filter =
-        EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(&logging.level));
+    let filter = EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| EnvFilter::new(filter_directives(&logging.level)));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_span_events(FmtSpan::NONE)

@@ -22,6 +22,10 @@ use crate::ports::{Embedding, HistoryStore, Profile, StoreError, Turn};
 pub struct ContextRequest {
     pub key: ConversationKey,
     pub scope: Scope,
+    /// Where the message was written (see [`crate::UserMessage::channel`]).
+    pub channel: Option<u64>,
+    /// The transport's id of the message being answered.
+    pub message_id: u64,
     pub text: String,
     /// The message's embedding, computed once and awaited by every provider that needs it
     /// (classifier, memory search); `None` when no embedder is configured or it failed.

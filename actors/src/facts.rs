@@ -199,7 +199,11 @@ pub fn parse_facts(answer: &str) -> Result<Vec<NewFact>, String> {
                 .chars()
                 .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_');
         if !snake {
-            return Err(format!("predicate {:?} is not snake_case", f.predicate));
+            // Not quoted: the model's words come from the user's (logs never carry them).
+            return Err(format!(
+                "a predicate ({} chars) is not snake_case",
+                f.predicate.chars().count()
+            ));
         }
         if f.subject.trim().is_empty() || f.object.trim().is_empty() {
             return Err("empty subject or object".into());
@@ -247,7 +251,7 @@ impl JobHandler for FactExtraction {
             .await
             .map_err(|e| JobError::new(e.to_string()))?;
         let facts: Vec<NewFact> = parse_facts(&answer)
-            .map_err(|e| JobError::new(format!("{e}; answer was {answer:?}")))?
+            .map_err(|e| JobError::new(format!("{e}; the answer had {} characters", answer.len())))?
             .into_iter()
             .filter(|f| f.confidence >= self.min_confidence)
             .collect();

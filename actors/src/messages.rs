@@ -13,6 +13,9 @@ use crate::key::{ConversationKey, Scope};
 pub struct UserMessage {
     pub key: ConversationKey,
     pub scope: Scope,
+    /// The transport's channel (a Discord channel or thread), for providers that read what
+    /// else is being said there; `None` where there is no such place (the console).
+    pub channel: Option<u64>,
     /// The user's current display name (kept in their profile).
     pub display_name: String,
     pub text: String,

@@ -68,7 +68,7 @@ pub fn build(input: PromptInput<'_>) -> BuiltPrompt {
         system.push_str("\n\n## About the user\n");
         system.push_str(&describe_profile(profile, input.now_ms));
     }
-    for section in input.sections {
+    for section in input.sections.iter().filter(|s| !s.body.trim().is_empty()) {
         system.push_str("\n\n## ");
         system.push_str(&minify(&section.title));
         system.push('\n');

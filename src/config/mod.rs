@@ -15,6 +15,7 @@ use figment::Figment;
 use figment::providers::{Env, Format, Toml};
 use serde::{Deserialize, Serialize};
 
+pub use crate::secret::{Secret, SecretUrl};
 pub use error::{ConfigError, extract_toml};
 
 /// The shipped defaults, compiled in.
@@ -86,8 +87,8 @@ pub struct PoolsSection {
 #[derive(Clone, Debug, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct LlmSection {
-    pub base_url: String,
-    pub api_key: String,
+    pub base_url: SecretUrl,
+    pub api_key: Secret,
     pub model: String,
     #[serde(with = "humantime_serde")]
     pub request_timeout: Duration,
@@ -184,7 +185,7 @@ pub enum DmPolicy {
 #[serde(deny_unknown_fields)]
 pub struct DiscordSection {
     /// Character id to bot token: one Discord bot per character, all in this process.
-    pub tokens: std::collections::BTreeMap<String, String>,
+    pub tokens: std::collections::BTreeMap<String, Secret>,
     /// Where the Discord API is; empty for discord.com (tests point it at an emulator).
     pub api_url: String,
     /// serenity's rate limiter (always on against discord.com; it ignores `api_url`).
@@ -205,6 +206,24 @@ pub struct DiscordSection {
     pub channel_writes: usize,
     #[serde(with = "humantime_serde")]
     pub channel_window: Duration,
+    /// How long a channel that refused the bot (403) is skipped, unless its permissions change.
+    #[serde(with = "humantime_serde")]
+    pub forbidden_retry: Duration,
+    pub channel_context: ChannelContextSection,
+}
+
+/// What a character sees of a guild channel's recent conversation.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ChannelContextSection {
+    pub enabled: bool,
+    pub max_messages: usize,
+    #[serde(with = "humantime_serde")]
+    pub max_age: Duration,
+    pub max_tokens: usize,
+    pub include_bots: bool,
+    #[serde(with = "humantime_serde")]
+    pub deadline: Duration,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -263,20 +282,20 @@ pub struct StreamingSection {
 pub struct StorageSection {
     pub data_dir: PathBuf,
     pub history: HistoryBackend,
-    pub postgres_url: String,
+    pub postgres_url: SecretUrl,
     pub jobs: JobsBackend,
     pub memory: MemoryBackend,
     /// Qdrant's gRPC URL (port 6334).
-    pub qdrant_url: String,
+    pub qdrant_url: SecretUrl,
     /// Collections are `<prefix>_<character>`.
     pub qdrant_prefix: String,
     pub facts: FactsBackend,
-    pub neo4j_uri: String,
+    pub neo4j_uri: SecretUrl,
     pub neo4j_user: String,
-    pub neo4j_password: String,
+    pub neo4j_password: Secret,
     /// Empty: the server's default database.
     pub neo4j_database: String,
-    pub redis_url: String,
+    pub redis_url: SecretUrl,
     /// Namespace of every Redis key (several bots can share a server).
     pub redis_prefix: String,
     /// Cache profiles and keep rate limits in Redis (shared by every bot process).
@@ -438,6 +457,11 @@ fn validate(loaded: &Loaded) -> Result<(), ConfigError> {
         ("limits.window", s.limits.window),
         ("storage.cache_ttl", s.storage.cache_ttl),
         ("discord.channel_window", s.discord.channel_window),
+        ("discord.forbidden_retry", s.discord.forbidden_retry),
+        (
+            "discord.channel_context.deadline",
+            s.discord.channel_context.deadline,
+        ),
         ("storage.connect_timeout", s.storage.connect_timeout),
         ("jobs.poll_interval", s.jobs.poll_interval),
     ];
@@ -459,7 +483,7 @@ fn validate(loaded: &Loaded) -> Result<(), ConfigError> {
     if s.runtime.shards > 1024 {
         return Err(loaded.invalid("runtime.shards", "at most 1024 (each shard is a thread)"));
     }
-    let url = &s.llm.base_url;
+    let url = s.llm.base_url.expose();
     if !(url.is_empty() || url.starts_with("http://") || url.starts_with("https://")) {
         return Err(loaded.invalid(
             "llm.base_url",
@@ -488,21 +512,8 @@ impl Loaded {
 }
 
 impl Settings {
-    /// A copy safe to print: secrets replaced.
-    pub fn redacted(&self) -> Settings {
-        let mut copy = self.clone();
-        for token in copy.discord.tokens.values_mut() {
-            *token = "<redacted>".to_owned();
-        }
-        if !copy.storage.neo4j_password.is_empty() {
-            copy.storage.neo4j_password = "<redacted>".to_owned();
-        }
-        if !copy.llm.api_key.is_empty() {
-            copy.llm.api_key = "<redacted>".to_owned();
-        }
-        copy
-    }
-
+    /// The effective configuration as TOML; every secret shows as `<redacted>` (or with its
+    /// password masked), so it is safe to print.
     pub fn to_toml(&self) -> String {
         toml::to_string_pretty(self).expect("settings always serialise")
     }

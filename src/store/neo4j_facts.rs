@@ -128,9 +128,9 @@ impl Neo4jFacts {
     /// The Bolt server `storage.neo4j_*` names.
     pub async fn from_storage(s: &crate::config::StorageSection) -> Result<Self, Neo4jOpenError> {
         Self::connect(
-            &s.neo4j_uri,
+            s.neo4j_uri.expose(),
             &s.neo4j_user,
-            &s.neo4j_password,
+            s.neo4j_password.expose(),
             &s.neo4j_database,
             s.connect_timeout,
         )

@@ -90,7 +90,7 @@ impl QdrantMemory {
 
     /// The Qdrant `storage.qdrant_*` names.
     pub async fn from_storage(s: &crate::config::StorageSection) -> Result<Self, QdrantOpenError> {
-        Self::connect(&s.qdrant_url, &s.qdrant_prefix, s.connect_timeout).await
+        Self::connect(s.qdrant_url.expose(), &s.qdrant_prefix, s.connect_timeout).await
     }
 
     fn collection(&self, character: &str) -> String {

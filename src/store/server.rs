@@ -19,16 +19,7 @@ pub struct Unreachable {
 
 /// `url` with the password (if any) masked, for logs and errors.
 pub fn redact(url: &str) -> String {
-    let Some((scheme, rest)) = url.split_once("://") else {
-        return url.to_owned();
-    };
-    let Some((userinfo, host)) = rest.split_once('@') else {
-        return url.to_owned();
-    };
-    match userinfo.split_once(':') {
-        Some((user, _)) => format!("{scheme}://{user}:***@{host}"),
-        None => url.to_owned(),
-    }
+    crate::secret::redact(url)
 }
 
 /// Calls `attempt` until it succeeds, backing off from 100 ms to 2 s, for at most `timeout`.

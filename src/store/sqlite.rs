@@ -121,7 +121,27 @@ pub(crate) fn open_connection(path: &Path) -> Result<Connection, rusqlite::Error
     conn.pragma_update(None, "journal_mode", "WAL")?;
     conn.pragma_update(None, "synchronous", "NORMAL")?;
     conn.pragma_update(None, "foreign_keys", "ON")?;
+    // Deleted rows are overwritten with zeros, not left in free pages: "forget me" must leave
+    // no bytes of the user behind in the file.
+    conn.pragma_update(None, "secure_delete", "ON")?;
     Ok(conn)
+}
+
+/// Copies the write-ahead log into the database and truncates it to nothing, so no page
+/// version written before a delete survives in `-wal` (run after "forget me").
+pub fn checkpoint(path: &Path) -> Result<(), rusqlite::Error> {
+    let conn = open_connection(path)?;
+    for _ in 0..50 {
+        let busy: i64 = conn.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |r| r.get(0))?;
+        if busy == 0 {
+            return Ok(());
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    Err(rusqlite::Error::SqliteFailure(
+        rusqlite::ffi::Error::new(rusqlite::ffi::SQLITE_BUSY),
+        Some("the write-ahead log stayed busy; it is truncated at the next checkpoint".into()),
+    ))
 }
 
 /// Creates the data directory and database and applies pending migrations.

@@ -85,6 +85,7 @@ pub async fn run(app: &App, options: ChatOptions) -> Result<(), ChatError> {
         router.route(UserMessage {
             key: key.clone(),
             scope: Scope::Console,
+            channel: None,
             display_name: options.display_name.clone(),
             text: text.to_owned(),
             message_id: next_id,

@@ -114,9 +114,9 @@ fn backup_wipe_restore_gives_the_same_answers_in_and_across_modes() {
         let elsewhere = tempfile::tempdir().unwrap();
         let mut server = with_data_dir(&s, elsewhere.path());
         server.storage.history = HistoryBackend::Postgres;
-        server.storage.postgres_url = schema.url();
+        server.storage.postgres_url = schema.url().into();
         server.storage.facts = FactsBackend::Neo4j;
-        server.storage.neo4j_uri = graph.bolt_uri.clone();
+        server.storage.neo4j_uri = graph.bolt_uri.clone().into();
         server.storage.neo4j_user = "root".into();
         server.storage.neo4j_password = PASSWORD.into();
         server.storage.neo4j_database = DATABASE.into();
@@ -204,7 +204,7 @@ fn memories_move_into_qdrant_and_back_where_qdrant_runs() {
         let elsewhere = tempfile::tempdir().unwrap();
         let mut server = with_data_dir(&s, elsewhere.path());
         server.storage.memory = whisperengine::config::MemoryBackend::Qdrant;
-        server.storage.qdrant_url = url;
+        server.storage.qdrant_url = url.into();
         server.storage.qdrant_prefix = format!("backup_{}", std::process::id());
         backup::restore(&server, &first, |_| {}).await.unwrap();
         assert_eq!(answers(&server).await, before);

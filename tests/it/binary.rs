@@ -212,3 +212,56 @@ async fn status_reports_when_nothing_is_running() {
         text(&out.stdout)
     );
 }
+
+/// `config check` prints every setting but no secret: tokens, API keys, passwords, and the
+/// passwords inside connection URLs and key-value connection strings.
+#[tokio::test]
+async fn config_check_prints_no_secret() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = config_check(
+        dir.path(),
+        None,
+        &[
+            ("WHISPER__LLM__API_KEY", "sk-very-secret"),
+            (
+                "WHISPER__LLM__BASE_URL",
+                "https://proxyuser:llm-url-secret@llm.example/v1",
+            ),
+            ("WHISPER__DISCORD__TOKENS__ARIA", "discord-token-secret"),
+            (
+                "WHISPER__STORAGE__POSTGRES_URL",
+                "postgres://bot:pg-url-secret@db:5432/whisper",
+            ),
+            (
+                "WHISPER__STORAGE__REDIS_URL",
+                "redis://:redis-url-secret@cache:6379/0",
+            ),
+            (
+                "WHISPER__STORAGE__QDRANT_URL",
+                "https://qdrant.example:6334?api_key=qdrant-secret",
+            ),
+            ("WHISPER__STORAGE__NEO4J_PASSWORD", "neo4j-secret"),
+        ],
+    )
+    .await;
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let printed = format!("{}{}", text(&out.stdout), text(&out.stderr));
+    for secret in [
+        "sk-very-secret",
+        "llm-url-secret",
+        "discord-token-secret",
+        "pg-url-secret",
+        "redis-url-secret",
+        "qdrant-secret",
+        "neo4j-secret",
+    ] {
+        assert!(!printed.contains(secret), "{secret} printed:\n{printed}");
+    }
+    // Everything else stays readable.
+    assert!(
+        printed.contains("postgres://bot:***@db:5432/whisper"),
+        "{printed}"
+    );
+    assert!(printed.contains("redis://:***@cache:6379/0"), "{printed}");
+    assert!(printed.contains("aria = \"<redacted>\""), "{printed}");
+}

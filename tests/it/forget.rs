@@ -157,3 +157,87 @@ async fn the_forget_command_reports_counts_per_store() {
     );
     assert!(rows(&db, "console:nia").iter().all(|(_, n)| *n == 0));
 }
+
+/// Every file of the embedded database: the database, its write-ahead log and index.
+fn database_bytes(dir: &Path) -> Vec<(String, Vec<u8>)> {
+    std::fs::read_dir(dir)
+        .unwrap()
+        .filter_map(|e| e.ok())
+        .filter(|e| {
+            e.file_name()
+                .to_string_lossy()
+                .starts_with("whisperengine.db")
+        })
+        .map(|e| {
+            (
+                e.file_name().to_string_lossy().into_owned(),
+                std::fs::read(e.path()).unwrap(),
+            )
+        })
+        .collect()
+}
+
+fn holds(files: &[(String, Vec<u8>)], needle: &str) -> Vec<String> {
+    files
+        .iter()
+        .filter(|(_, bytes)| bytes.windows(needle.len()).any(|w| w == needle.as_bytes()))
+        .map(|(name, _)| name.clone())
+        .collect()
+}
+
+/// After "forget me" not a byte of the user's words is left in the database files: deleted
+/// rows are zeroed (secure_delete) and the write-ahead log, which holds older page versions,
+/// is checkpointed and truncated. Another user's words are still there (the scan finds text).
+#[test]
+fn forget_leaves_no_bytes_behind() {
+    run_actix(|| async {
+        let llm = ScriptedLlm::start().await;
+        let dir = tempfile::tempdir().unwrap();
+        let app = start(settings(dir.path(), &llm.base_url()), extras(vec![])).await;
+        let planted = [
+            "my grandmother's maiden name is Quillfeather",
+            "the safe combination is zebra-orchid-4471",
+            "I secretly collect antique barometers",
+        ];
+        let mut ines = Client::new("aria", "test:ines");
+        let mut ines_dm = Client::new("marlowe", "test:ines");
+        let mut oskar = Client::new("aria", "test:oskar");
+        for (i, text) in planted.iter().enumerate() {
+            assert!(is_done(&ines.ask(&app, text).await));
+            assert!(is_done(&ines_dm.ask(&app, text).await));
+            assert!(is_done(
+                &oskar
+                    .ask(&app, &format!("oskar keeps marmalade jar {i}"))
+                    .await
+            ));
+            // Filler from the other user moves pages around between the plants.
+            for n in 0..5 {
+                assert!(is_done(
+                    &oskar
+                        .ask(&app, &format!("filler message {i}-{n} about weather"))
+                        .await
+                ));
+            }
+        }
+        drain(&app).await;
+        let files = database_bytes(dir.path());
+        assert!(
+            !holds(&files, "Quillfeather").is_empty(),
+            "planted text is on disk"
+        );
+
+        app.forget("test:ines").await.unwrap();
+        let files = database_bytes(dir.path());
+        for text in planted {
+            for word in text.split_whitespace().filter(|w| w.len() > 8) {
+                let found = holds(&files, word);
+                assert!(found.is_empty(), "{word:?} is still in {found:?}");
+            }
+        }
+        assert!(
+            !holds(&files, "marmalade").is_empty(),
+            "the other user's words are still stored"
+        );
+        app.shutdown().await;
+    });
+}

@@ -22,7 +22,7 @@ fn no_job_is_lost_while_redis_is_down() {
         let dir = tempfile::tempdir().unwrap();
         let mut s = settings(dir.path(), &llm.base_url());
         s.storage.jobs = JobsBackend::Redis;
-        s.storage.redis_url = format!("redis://{}", proxy.addr);
+        s.storage.redis_url = format!("redis://{}", proxy.addr).into();
         s.storage.redis_prefix = prefix.0.clone();
         s.classifier.enabled = false;
         s.facts.extract = false;
@@ -77,7 +77,8 @@ fn a_postgres_outage_degrades_replies_and_recovers() {
             "host=127.0.0.1 port={} user=postgres dbname=test options='-c search_path={}'",
             proxy.addr.port(),
             schema.name
-        );
+        )
+        .into();
         s.classifier.enabled = false;
         let app = start(s, extras(vec![])).await;
         let mut ada = Client::new("aria", "test:ada");

@@ -234,7 +234,7 @@ fn the_bot_keeps_history_in_postgres_when_configured() {
         let dir = tempfile::tempdir().unwrap();
         let mut s = settings(dir.path(), &llm.base_url());
         s.storage.history = whisperengine::config::HistoryBackend::Postgres;
-        s.storage.postgres_url = schema.url();
+        s.storage.postgres_url = schema.url().into();
         s.classifier.enabled = false;
         let app = start(s.clone(), extras(vec![])).await;
         let mut pia = Client::new("aria", "test:pia");
@@ -582,7 +582,7 @@ fn the_bot_keeps_facts_in_neo4j_when_configured() {
         let mut s = settings(dir.path(), &llm.base_url());
         s.classifier.enabled = false;
         s.storage.facts = whisperengine::config::FactsBackend::Neo4j;
-        s.storage.neo4j_uri = graph.bolt_uri.clone();
+        s.storage.neo4j_uri = graph.bolt_uri.clone().into();
         s.storage.neo4j_user = "root".into();
         s.storage.neo4j_password = crate::support::arcadedb::PASSWORD.into();
         s.storage.neo4j_database = crate::support::arcadedb::DATABASE.into();

@@ -38,7 +38,7 @@ pub fn settings(dir: &Path, base_url: &str) -> Settings {
     })
     .expect("default configuration loads")
     .settings;
-    s.llm.base_url = base_url.to_owned();
+    s.llm.base_url = base_url.into();
     s.llm.model = "scripted".to_owned();
     s.llm.retry_backoff = Duration::from_millis(20);
     s.streaming.edit_interval = Duration::from_millis(50);
@@ -99,6 +99,7 @@ impl Client {
             .route(UserMessage {
                 key: self.key.clone(),
                 scope: self.scope.clone(),
+                channel: None,
                 display_name: self.key.user.to_string(),
                 text: text.to_owned(),
                 message_id: self.next_id,

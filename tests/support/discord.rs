@@ -48,7 +48,15 @@ pub struct Call {
 /// What the next write (send or edit) gets instead of success.
 #[derive(Clone, Debug)]
 pub enum Fault {
-    RateLimited { retry_after: f64 },
+    /// A 429 as Discord sends it: `retry_after` (seconds, fractional) in the body, the header
+    /// `Retry-After` rounded up, `X-RateLimit-Reset-After`, and the scope. Until it expires,
+    /// every write of that bot (or every request, when global) gets another 429, as on Discord.
+    RateLimited {
+        retry_after: f64,
+    },
+    RateLimitedGlobal {
+        retry_after: f64,
+    },
     Forbidden,
 }
 
@@ -71,6 +79,14 @@ struct Shared {
     calls: Mutex<Vec<Call>>,
     faults: Mutex<VecDeque<Fault>>,
     deleted: Mutex<HashSet<u64>>,
+    /// Messages that exist (posted by users or created by bots), for reply references.
+    known: Mutex<HashSet<u64>>,
+    /// The guild of each channel seen (for dispatching the bots' own messages).
+    channel_guilds: Mutex<HashMap<u64, u64>>,
+    /// Channels where no bot may write (403 Missing Permissions on typing, send and edit).
+    forbidden: Mutex<HashSet<u64>>,
+    /// A 429 in force: (bot name or "" for global, until).
+    limited: Mutex<Vec<(String, Instant)>>,
     gateways: Mutex<Vec<Gateway>>,
     identifies: AtomicU64,
     resumes: AtomicU64,
@@ -167,9 +183,37 @@ impl DiscordEmulator {
         self.shared.faults.lock().unwrap().push_back(fault);
     }
 
-    /// Deletes a message: further edits of it answer 404 Unknown Message.
+    /// Deletes a message: further edits of it answer 404 Unknown Message, replies to it fail
+    /// unless they say `fail_if_not_exists: false`, and the bots hear MESSAGE_DELETE.
     pub fn delete(&self, message: u64) {
         self.shared.deleted.lock().unwrap().insert(message);
+        self.shared.known.lock().unwrap().remove(&message);
+        dispatch(
+            &self.shared,
+            "MESSAGE_DELETE",
+            json!({"id": message.to_string(), "channel_id": "0"}),
+        );
+    }
+
+    /// Sends any dispatch, well-formed or not, to every connected bot.
+    pub fn dispatch_raw(&self, event: &str, d: Value) {
+        dispatch(&self.shared, event, d);
+    }
+
+    /// Takes Send Messages away from every bot in `channel`.
+    pub fn forbid_channel(&self, channel: u64) {
+        self.shared.forbidden.lock().unwrap().insert(channel);
+    }
+
+    /// Gives the bots their permissions in `channel` back and tells them (CHANNEL_UPDATE).
+    pub fn allow_channel(&self, guild: u64, channel: u64) {
+        self.shared.forbidden.lock().unwrap().remove(&channel);
+        dispatch(
+            &self.shared,
+            "CHANNEL_UPDATE",
+            json!({"id": channel.to_string(), "type": 0, "guild_id": guild.to_string(),
+                   "name": "general", "position": 0, "permission_overwrites": [], "nsfw": false}),
+        );
     }
 
     pub fn identifies(&self) -> u64 {
@@ -308,6 +352,14 @@ impl DiscordEmulator {
     /// returns its id.
     pub fn post(&self, m: Incoming) -> u64 {
         let id = self.shared.next_id.fetch_add(1, Ordering::Relaxed);
+        self.shared.known.lock().unwrap().insert(id);
+        if let Some(guild) = m.guild {
+            self.shared
+                .channel_guilds
+                .lock()
+                .unwrap()
+                .insert(m.channel, guild);
+        }
         let addr = self.addr;
         let bots = self.shared.bots.lock().unwrap().clone();
         let user_json = |id: u64| {
@@ -383,6 +435,16 @@ impl DiscordEmulator {
                 .send(json!({"op": 0, "t": "MESSAGE_CREATE", "s": s, "d": d}));
         }
         id
+    }
+}
+
+/// Sends a dispatch event to every connected bot.
+fn dispatch(shared: &Shared, event: &str, d: Value) {
+    for gateway in shared.gateways.lock().unwrap().iter() {
+        let s = gateway.seq.fetch_add(1, Ordering::Relaxed) + 1;
+        let _ = gateway
+            .tx
+            .send(json!({"op": 0, "t": event, "s": s, "d": d}));
     }
 }
 
@@ -533,21 +595,59 @@ fn error(status: u16, code: u64, message: &str) -> Response {
     response
 }
 
-/// A write fault for this call, if one is queued.
-fn fault(shared: &Shared) -> Option<Response> {
+/// Discord's 429: the body carries the exact wait, the headers a rounded one.
+fn rate_limited(retry_after: f64, global: bool) -> Response {
+    let mut body = json!({"message": "You are being rate limited.", "retry_after": retry_after, "global": global});
+    if global {
+        body["code"] = json!(0);
+    }
+    let mut response = (StatusCode::TOO_MANY_REQUESTS, axum::Json(body)).into_response();
+    let headers = response.headers_mut();
+    let value = |v: String| header::HeaderValue::from_str(&v).unwrap();
+    headers.insert("retry-after", value(retry_after.ceil().to_string()));
+    headers.insert(
+        "x-ratelimit-reset-after",
+        value(format!("{retry_after:.3}")),
+    );
+    headers.insert(
+        "x-ratelimit-scope",
+        value(if global { "global" } else { "user" }.into()),
+    );
+    if global {
+        headers.insert("x-ratelimit-global", value("true".into()));
+    }
+    response
+}
+
+/// A write fault for this call: a 429 still in force, the channel's permissions, or a queued
+/// one-shot fault.
+fn fault(shared: &Shared, bot: &str, channel: u64) -> Option<Response> {
+    let now = Instant::now();
+    {
+        let mut limited = shared.limited.lock().unwrap();
+        limited.retain(|(_, until)| *until > now);
+        if let Some((who, until)) = limited.iter().find(|(who, _)| who.is_empty() || who == bot) {
+            return Some(rate_limited((*until - now).as_secs_f64(), who.is_empty()));
+        }
+    }
+    if shared.forbidden.lock().unwrap().contains(&channel) {
+        return Some(error(403, 50013, "Missing Permissions"));
+    }
     let fault = shared.faults.lock().unwrap().pop_front()?;
     Some(match fault {
-        Fault::RateLimited { retry_after } => {
-            let mut response = (
-                StatusCode::TOO_MANY_REQUESTS,
-                axum::Json(json!({"message": "You are being rate limited.", "retry_after": retry_after, "global": false, "code": 0})),
-            )
-                .into_response();
-            response.headers_mut().insert(
-                "retry-after",
-                header::HeaderValue::from_str(&retry_after.ceil().to_string()).unwrap(),
-            );
-            response
+        Fault::RateLimited { retry_after } | Fault::RateLimitedGlobal { retry_after } => {
+            let global = matches!(fault, Fault::RateLimitedGlobal { .. });
+            let who = if global {
+                String::new()
+            } else {
+                bot.to_owned()
+            };
+            shared
+                .limited
+                .lock()
+                .unwrap()
+                .push((who, now + Duration::from_secs_f64(retry_after)));
+            rate_limited(retry_after, global)
         }
         Fault::Forbidden => error(403, 50013, "Missing Permissions"),
     })
@@ -564,7 +664,7 @@ async fn send_message(
     };
     let body: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
     let content = body["content"].as_str().unwrap_or_default().to_owned();
-    let reply_to = body["message_reference"]["message_id"]
+    let mut reply_to: Option<u64> = body["message_reference"]["message_id"]
         .as_str()
         .and_then(|s| s.parse().ok())
         .or_else(|| body["message_reference"]["message_id"].as_u64());
@@ -590,17 +690,45 @@ async fn send_message(
             "Invalid Form Body: content must be 2000 or fewer in length.",
         );
     }
-    if let Some(response) = fault(&shared) {
+    if let Some(response) = fault(&shared, &bot.name, channel) {
         call.status = response.status().as_u16();
         record(&shared, call);
         return response;
     }
+    if let Some(target) = reply_to
+        && !shared.known.lock().unwrap().contains(&target)
+    {
+        // Discord: a reply to a message that does not exist fails, unless asked not to, and
+        // then it is posted as a plain message.
+        if body["message_reference"]["fail_if_not_exists"] != json!(false) {
+            call.status = 400;
+            record(&shared, call);
+            return (
+                StatusCode::BAD_REQUEST,
+                axum::Json(json!({"code": 50035, "message": "Invalid Form Body",
+                    "errors": {"message_reference": {"_errors": [{"code": "REPLIES_UNKNOWN_MESSAGE", "message": "Unknown message"}]}}})),
+            )
+                .into_response();
+        }
+        reply_to = None;
+        call.reply_to = None;
+    }
     let id = shared.next_id.fetch_add(1, Ordering::Relaxed);
     call.message = Some(id);
     record(&shared, call);
+    shared.known.lock().unwrap().insert(id);
     let author = json!({"id": bot.id.to_string(), "username": bot.name, "discriminator": "0",
                         "global_name": null, "avatar": null, "bot": true});
-    axum::Json(message_json(id, channel, None, author, &content)).into_response()
+    let guild = shared.channel_guilds.lock().unwrap().get(&channel).copied();
+    let mut message = message_json(id, channel, guild, author, &content);
+    if let Some(target) = reply_to {
+        message["message_reference"] =
+            json!({"message_id": target.to_string(), "channel_id": channel.to_string()});
+        message["type"] = json!(19);
+    }
+    // Discord tells every bot in the channel about the new message, its author included.
+    dispatch(&shared, "MESSAGE_CREATE", message.clone());
+    axum::Json(message).into_response()
 }
 
 async fn edit_message(
@@ -641,7 +769,7 @@ async fn edit_message(
             "Invalid Form Body: content must be 2000 or fewer in length.",
         );
     }
-    if let Some(response) = fault(&shared) {
+    if let Some(response) = fault(&shared, &bot.name, channel) {
         call.status = response.status().as_u16();
         record(&shared, call);
         return response;
@@ -649,7 +777,14 @@ async fn edit_message(
     record(&shared, call);
     let author = json!({"id": bot.id.to_string(), "username": bot.name, "discriminator": "0",
                         "global_name": null, "avatar": null, "bot": true});
-    axum::Json(message_json(message, channel, None, author, &content)).into_response()
+    let guild = shared.channel_guilds.lock().unwrap().get(&channel).copied();
+    let mut update = json!({"id": message.to_string(), "channel_id": channel.to_string(),
+                            "content": content, "edited_timestamp": "2026-11-24T10:00:01.000000+00:00"});
+    if let Some(guild) = guild {
+        update["guild_id"] = json!(guild.to_string());
+    }
+    dispatch(&shared, "MESSAGE_UPDATE", update);
+    axum::Json(message_json(message, channel, guild, author, &content)).into_response()
 }
 
 async fn typing(
@@ -660,6 +795,12 @@ async fn typing(
     let Some(bot) = auth(&shared, &headers) else {
         return error(401, 0, "401: Unauthorized");
     };
+    let refused = shared
+        .forbidden
+        .lock()
+        .unwrap()
+        .contains(&channel)
+        .then(|| error(403, 50013, "Missing Permissions"));
     record(
         &shared,
         Call {
@@ -671,12 +812,12 @@ async fn typing(
             message: None,
             content: None,
             reply_to: None,
-            status: 204,
+            status: refused.as_ref().map_or(204, |r| r.status().as_u16()),
             ephemeral: false,
             allowed_mentions: None,
         },
     );
-    StatusCode::NO_CONTENT.into_response()
+    refused.unwrap_or_else(|| StatusCode::NO_CONTENT.into_response())
 }
 
 async fn attachment(State(shared): State<Arc<Shared>>, Path(name): Path<String>) -> Response {

@@ -148,6 +148,8 @@ async fn run(deps: Arc<ConversationDeps>, input: TurnInput) -> TurnReport {
     let request = ContextRequest {
         key: msg.key.clone(),
         scope: msg.scope.clone(),
+        channel: msg.channel,
+        message_id: msg.message_id,
         text: msg.text.clone(),
         embedding: embedding.clone(),
     };

@@ -6,13 +6,17 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use actix::Addr;
-use serenity::all::{Context, EventHandler, GuildChannel, Message, Ready, ResumedEvent};
+use serenity::all::{
+    ChannelId, Context, EventHandler, GuildChannel, GuildId, Message, MessageId,
+    MessageUpdateEvent, Ready, ResumedEvent, Role,
+};
 use serenity::async_trait;
 use tracing::{debug, info, warn};
 use whisper_actors::messages::{FailureKind, ReplyStatus, ReplyUpdate};
 use whisper_actors::{ConversationKey, Scope, ShardRouter, UserMessage};
 
-use super::outbound::{Outbound, Register};
+use super::channel::{ChannelLog, Line};
+use super::outbound::{ChannelLimiter, Outbound, Register};
 use super::policy::{Access, Decision, Inbound};
 
 /// Extensions read as text when attached (beyond `text/*` content types).
@@ -31,6 +35,10 @@ pub struct Bot {
     pub access: Arc<Access>,
     pub router: ShardRouter,
     pub outbound: Addr<Outbound>,
+    /// Where the bot was refused (403): messages there are not answered at all.
+    pub limiter: Arc<ChannelLimiter>,
+    /// The guild channels' recent messages (channel context), when enabled.
+    pub log: Option<Arc<ChannelLog>>,
     pub max_attachment_bytes: u64,
 }
 
@@ -42,6 +50,9 @@ pub fn user_key(user: u64) -> String {
 #[async_trait]
 impl EventHandler for Bot {
     async fn ready(&self, _: Context, ready: Ready) {
+        if let Some(log) = &self.log {
+            log.set_bot(&self.character, ready.user.id.get());
+        }
         info!(character = %self.character, bot = %ready.user.name, guilds = ready.guilds.len(), "connected to Discord");
     }
 
@@ -62,6 +73,40 @@ impl EventHandler for Bot {
         info!(character = %self.character, "Discord gateway session resumed");
     }
 
+    async fn message_update(
+        &self,
+        _: Context,
+        _: Option<Message>,
+        _: Option<Message>,
+        event: MessageUpdateEvent,
+    ) {
+        if let (Some(log), Some(content)) = (&self.log, &event.content) {
+            log.edit(event.channel_id.get(), event.id.get(), content);
+        }
+    }
+
+    async fn message_delete(
+        &self,
+        _: Context,
+        channel: ChannelId,
+        message: MessageId,
+        _: Option<GuildId>,
+    ) {
+        if let Some(log) = &self.log {
+            log.delete(channel.get(), message.get());
+        }
+    }
+
+    // The bot's permissions may have changed: channels that refused it are tried again.
+    async fn channel_update(&self, _: Context, _: Option<GuildChannel>, new: GuildChannel) {
+        self.limiter.permissions_changed_in_channel(new.id.get());
+    }
+
+    async fn guild_role_update(&self, _: Context, _: Option<Role>, new: Role) {
+        self.limiter
+            .permissions_changed_in_guild(new.guild_id.get());
+    }
+
     async fn message(&self, ctx: Context, msg: Message) {
         let me = ctx.cache.current_user().id;
         let known = self
@@ -76,6 +121,27 @@ impl EventHandler for Bot {
             .as_ref()
             .map(|m| m.roles.iter().map(|r| r.get()).collect())
             .unwrap_or_default();
+        let display_name = msg
+            .member
+            .as_ref()
+            .and_then(|m| m.nick.clone())
+            .or_else(|| msg.author.global_name.clone())
+            .unwrap_or_else(|| msg.author.name.clone());
+        if let (Some(log), Some(guild)) = (&self.log, msg.guild_id) {
+            log.record(
+                guild.get(),
+                msg.channel_id.get(),
+                Line {
+                    id: msg.id.get(),
+                    author: msg.author.id.get(),
+                    author_name: display_name.clone(),
+                    author_is_bot: msg.author.bot,
+                    roles: roles.clone(),
+                    text: msg.content.clone(),
+                    at: Instant::now(),
+                },
+            );
+        }
         let inbound = Inbound {
             author: msg.author.id.get(),
             author_is_bot: msg.author.bot,
@@ -95,16 +161,16 @@ impl EventHandler for Bot {
             debug!(character = %self.character, message = %msg.id, why, "not answering");
             return;
         }
+        if self.limiter.is_forbidden(msg.channel_id.get()) {
+            // Answering would cost a model call and requests Discord refuses (and counts).
+            metrics::counter!("whisper_discord_skipped_forbidden_total").increment(1);
+            debug!(character = %self.character, channel = %msg.channel_id, "not answering: the bot may not write in this channel");
+            return;
+        }
         let (text, notice) = self.compose(&msg, me.get()).await;
         if text.trim().is_empty() {
             return;
         }
-        let display_name = msg
-            .member
-            .as_ref()
-            .and_then(|m| m.nick.clone())
-            .or_else(|| msg.author.global_name.clone())
-            .unwrap_or_else(|| msg.author.name.clone());
         let scope = match msg.guild_id {
             Some(guild) => Scope::Guild(guild.get()),
             None => Scope::Direct,
@@ -113,12 +179,14 @@ impl EventHandler for Bot {
         self.outbound.do_send(Register {
             message_id,
             channel: msg.channel_id.get(),
+            guild: msg.guild_id.map(|g| g.get()),
             notice,
         });
         let key = ConversationKey::new(self.character.as_str(), user_key(msg.author.id.get()));
         let routed = self.router.route(UserMessage {
             key: key.clone(),
             scope,
+            channel: Some(msg.channel_id.get()),
             display_name,
             text,
             message_id,
@@ -177,7 +245,8 @@ impl Bot {
                     text.push_str(&format!("\n\n[attached {}]\n{body}", attachment.filename));
                 }
                 Err(error) => {
-                    warn!(%error, file = %attachment.filename, "could not download an attachment");
+                    // The file name is the user's words too: not logged.
+                    warn!(%error, bytes = attachment.size, "could not download an attachment");
                     unread.push(attachment.filename.clone());
                 }
             }

@@ -8,17 +8,19 @@
 //!                     Outbound (DiscordActor, per bot) ─▶ writer task per reply ─▶ REST
 //! ```
 
+pub mod channel;
 pub mod commands;
 pub mod inbound;
 pub mod outbound;
 pub mod policy;
+pub mod rest;
 pub mod split;
 
 use std::sync::Arc;
 
 use actix::prelude::*;
 use serenity::all::{ClientBuilder, GatewayIntents, HttpBuilder, ShardManager};
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 
 use crate::app::App;
 use crate::config::Settings;
@@ -62,6 +64,7 @@ pub async fn start(app: &App, settings: &Settings) -> Result<DiscordBots, Discor
     let limiter = Arc::new(ChannelLimiter::new(
         section.channel_writes,
         section.channel_window,
+        section.forbidden_retry,
     ));
     let arbiter = Arbiter::new();
     let mut bots = Vec::new();
@@ -69,21 +72,23 @@ pub async fn start(app: &App, settings: &Settings) -> Result<DiscordBots, Discor
         if router.characters().get(character).is_none() {
             return Err(DiscordError::UnknownCharacter(character.clone()));
         }
-        if token.trim().is_empty() {
+        if token.expose().trim().is_empty() {
             return Err(DiscordError::EmptyToken(character.clone()));
         }
-        let mut http = HttpBuilder::new(token.trim());
+        let client = rest::http_client();
+        let client_for_rest = client.clone();
+        let mut http = HttpBuilder::new(token.expose().trim()).client(client.clone());
         if !section.api_url.is_empty() {
             http = http.proxy(section.api_url.trim_end_matches('/'));
         }
         let http = http.ratelimiter_disabled(!section.ratelimiter).build();
-        // The writer shares the client's Http (one rate limiter per token); it exists once the
-        // client is built, before any message can arrive.
-        let shared_http = Arc::new(std::sync::OnceLock::new());
+        // The writer shares the client's Http and HTTP client (one rate limiter per token); it
+        // exists once the client is built, before any message can arrive.
+        let shared_rest = Arc::new(std::sync::OnceLock::new());
         let outbound = {
-            let (http, limiter) = (shared_http.clone(), limiter.clone());
+            let (rest, limiter) = (shared_rest.clone(), limiter.clone());
             Outbound::start_in_arbiter(&arbiter.handle(), move |_| {
-                Outbound::new(http, limiter, edit_interval)
+                Outbound::new(rest, limiter, edit_interval)
             })
         };
         let handler = Bot {
@@ -92,6 +97,8 @@ pub async fn start(app: &App, settings: &Settings) -> Result<DiscordBots, Discor
             access: access.clone(),
             router: router.clone(),
             outbound,
+            limiter: limiter.clone(),
+            log: app.channel_log(),
             max_attachment_bytes: section.max_attachment_bytes,
         };
         let data = commands::CommandData {
@@ -103,6 +110,13 @@ pub async fn start(app: &App, settings: &Settings) -> Result<DiscordBots, Discor
         let framework = poise::Framework::builder()
             .options(poise::FrameworkOptions {
                 commands: commands::all(),
+                // Slash commands only: with mention-as-prefix on, poise parses every mention
+                // and logs its text when it is no command.
+                prefix_options: poise::PrefixFrameworkOptions {
+                    prefix: None,
+                    mention_as_prefix: false,
+                    ..Default::default()
+                },
                 on_error: |error| Box::pin(on_command_error(error)),
                 ..Default::default()
             })
@@ -127,7 +141,10 @@ pub async fn start(app: &App, settings: &Settings) -> Result<DiscordBots, Discor
                 character: character.clone(),
                 source,
             })?;
-        let _ = shared_http.set(client.http.clone());
+        let _ = shared_rest.set(Arc::new(rest::Rest::new(
+            client.http.clone(),
+            client_for_rest,
+        )));
         let manager = client.shard_manager.clone();
         let name = character.clone();
         let task = tokio::spawn(async move {
@@ -166,6 +183,12 @@ async fn on_command_error(
                 .content("Sorry, that didn't work. Please try again in a moment.")
                 .ephemeral(true);
             let _ = ctx.send(reply).await;
+        }
+        // These carry the message's text; poise's default handler would log it.
+        poise::FrameworkError::UnknownCommand { .. }
+        | poise::FrameworkError::DynamicPrefix { .. }
+        | poise::FrameworkError::NonCommandMessage { .. } => {
+            debug!("a message looked like a prefix command; there are none");
         }
         other => {
             if let Err(e) = poise::builtins::on_error(other).await {

@@ -112,6 +112,12 @@ impl Access {
         }
     }
 
+    /// Whether a user's words are kept out of the bot entirely (blocked by id or role): such
+    /// a user is neither answered nor shown to a character as channel context.
+    pub fn blocks(&self, user: u64, roles: &[u64]) -> bool {
+        self.blocked_users.contains(&user) || roles.iter().any(|r| self.blocked_roles.contains(r))
+    }
+
     pub fn is_admin(&self, user: u64) -> bool {
         self.admins.contains(&user)
     }
