@@ -643,6 +643,19 @@ fn slash_commands_show_and_forget_the_users_data() {
     });
 }
 
+/// Waits until the one-message reply to `message` shows `expected` (other replies may be
+/// written in the same channel meanwhile); returns its writes.
+async fn wait_one_message_reply(rig: &Rig, message: u64, expected: &str) -> Vec<Call> {
+    for _ in 0..600 {
+        let writes = one_message_reply(&rig.emu.calls(), message);
+        if writes.last().and_then(|w| w.content.as_deref()) == Some(expected) {
+            return writes;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    panic!("reply to {message} never showed {expected:?}");
+}
+
 /// The writes (the send and its edits) of the one-message reply to `message`.
 fn one_message_reply(calls: &[Call], message: u64) -> Vec<Call> {
     let Some(sent) = calls
@@ -681,8 +694,8 @@ fn a_short_reply_is_one_write() {
 }
 
 /// With the channel's budget spent by other replies, a streamed reply's writes still keep
-/// `edit_interval` between them (the wait for the budget does not count as spacing), and the
-/// channel never takes more than its budget.
+/// `edit_interval` between them: its first write waits for the budget, and the next one is
+/// spaced from when that write happened, not from when it began waiting.
 #[test]
 fn edits_keep_their_spacing_when_the_channel_budget_is_spent() {
     run_actix(|| async {
@@ -692,44 +705,37 @@ fn edits_keep_their_spacing_when_the_channel_budget_is_spent() {
             s.discord.channel_window = Duration::from_secs(2);
         })
         .await;
-        let mut script = Vec::new();
-        for i in 0..4 {
-            script.push(Behavior::Stream {
-                tokens: (0..25).map(|n| format!("r{i}w{n} ")).collect(),
-                first_delay: Duration::from_millis(10 * i),
-                delay: Duration::from_millis(60),
+        // Three short replies spend the channel's budget.
+        for i in 0..3 {
+            let id = rig.emu.post(Incoming {
+                author: 100 + i,
+                ..rig.mention("aria", &format!("quick {i}"))
             });
+            wait_one_message_reply(&rig, id, &format!("echo: quick {i}")).await;
         }
-        rig.llm.script(script);
-        let ids: Vec<u64> = (0..4)
-            .map(|i| {
-                rig.emu.post(Incoming {
-                    author: 100 + i,
-                    ..rig.mention("aria", &format!("story {i}"))
-                })
-            })
-            .collect();
-        for (i, id) in ids.iter().enumerate() {
-            let text: String = (0..25).map(|n| format!("r{i}w{n} ")).collect();
-            rig.wait_reply(*id, &text).await;
+        let words: Vec<String> = (0..60).map(|n| format!("w{n} ")).collect();
+        rig.llm.script([Behavior::Stream {
+            tokens: words.clone(),
+            first_delay: Duration::ZERO,
+            delay: Duration::from_millis(60),
+        }]);
+        let id = rig.emu.post(Incoming {
+            author: 110,
+            ..rig.mention("aria", "a long story")
+        });
+        let writes = wait_one_message_reply(&rig, id, &words.concat()).await;
+        assert!(writes.len() >= 3, "the reply was edited: {writes:#?}");
+        for pair in writes.windows(2) {
+            let gap = pair[1].at - pair[0].at;
+            assert!(
+                gap >= Duration::from_millis(400),
+                "two writes of one reply {gap:?} apart: {writes:#?}"
+            );
         }
         let calls = rig.emu.calls();
-        let mut edits = 0;
-        for id in &ids {
-            let writes = one_message_reply(&calls, *id);
-            edits += writes.len() - 1;
-            for pair in writes.windows(2) {
-                let gap = pair[1].at - pair[0].at;
-                assert!(
-                    gap >= Duration::from_millis(400),
-                    "two writes of one reply {gap:?} apart: {writes:#?}"
-                );
-            }
-        }
-        assert!(edits > 0, "the replies were edited while streaming");
-        let writes: Vec<_> = calls.iter().filter(|c| c.kind != "typing").collect();
-        for (i, w) in writes.iter().enumerate() {
-            let in_window = writes[i..]
+        let all: Vec<_> = calls.iter().filter(|c| c.kind != "typing").collect();
+        for (i, w) in all.iter().enumerate() {
+            let in_window = all[i..]
                 .iter()
                 .take_while(|o| o.at - w.at < Duration::from_secs(2))
                 .count();
@@ -753,19 +759,26 @@ fn a_burst_costs_one_write_per_reply() {
             s.pools.llm_concurrency = 8;
         })
         .await;
-        let ids: Vec<(u64, String)> = (0..35)
+        // Each reply streams in a few tokens, well within one edit interval.
+        let pieces = ["Sure", ", ", "happy ", "to ", "help."];
+        rig.llm.script((0..35).map(|_| Behavior::Stream {
+            tokens: pieces.iter().map(|p| p.to_string()).collect(),
+            first_delay: Duration::from_millis(20),
+            delay: Duration::from_millis(30),
+        }));
+        let ids: Vec<u64> = (0..35)
             .map(|i| {
-                let text = format!("question number {i}");
-                let id = rig.emu.post(Incoming {
+                rig.emu.post(Incoming {
                     author: 1000 + i,
-                    ..rig.mention("aria", &text)
-                });
-                (id, text)
+                    ..rig.mention("aria", &format!("question number {i}"))
+                })
             })
             .collect();
         let mut writes = 0;
-        for (id, text) in &ids {
-            writes += rig.wait_reply(*id, &format!("echo: {text}")).await.len();
+        for id in &ids {
+            writes += wait_one_message_reply(&rig, *id, &pieces.concat())
+                .await
+                .len();
         }
         let per_reply = writes as f64 / ids.len() as f64;
         println!("burst of {}: {per_reply:.2} writes per reply", ids.len());
