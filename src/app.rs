@@ -254,6 +254,7 @@ async fn redis_extras(
 async fn memory_store(
     settings: &Settings,
     db: &std::path::Path,
+    characters: Vec<String>,
 ) -> anyhow::Result<(Arc<dyn MemoryStore>, Arc<whisper_actors::stats::PoolStats>)> {
     let s = &settings.storage;
     Ok(match s.memory {
@@ -267,7 +268,7 @@ async fn memory_store(
             (Arc::new(store), stats)
         }
         MemoryBackend::Qdrant => {
-            let store = QdrantMemory::from_storage(s)
+            let store = QdrantMemory::from_storage(s, characters)
                 .await
                 .context("opening the vector memory (storage.memory = \"qdrant\")")?;
             (Arc::new(store), Arc::new(Default::default()))
@@ -314,7 +315,9 @@ pub async fn open_user_data(settings: &Settings) -> anyhow::Result<UserData> {
     Ok(UserData {
         db: db.clone(),
         history,
-        memory: memory_store(settings, &db).await?.0,
+        memory: memory_store(settings, &db, settings.character_ids()?)
+            .await?
+            .0,
         facts: fact_store(settings, &db).await?,
         jobs: job_queue(settings, &db).await?,
     })
@@ -419,7 +422,8 @@ impl App {
         let db = sqlite::prepare(&data_dir)?;
         let (history, history_stats) = history_store(&settings, &db).await?;
         let (history, limiter) = redis_extras(&settings, history).await?;
-        let (memory, memory_stats) = memory_store(&settings, &db).await?;
+        let ids = characters.ids().map(str::to_owned).collect();
+        let (memory, memory_stats) = memory_store(&settings, &db, ids).await?;
         let facts = fact_store(&settings, &db).await?;
         let jobs = job_queue(&settings, &db).await?;
         let user_data = UserData {

@@ -158,6 +158,29 @@ fn sqlite_value(table: &Table, column: &str, value: &Value) -> anyhow::Result<Sq
     })
 }
 
+/// Memory rows in the order every store exports them: character, user, creation time, group,
+/// chunk. A restore inserts them in this order, so a store that breaks ties by insertion
+/// agrees with one that breaks them by group.
+pub fn sort_memory_rows(rows: &mut [Map<String, Value>]) {
+    let key = |r: &Map<String, Value>| {
+        let text = |k: &str| {
+            r.get(k)
+                .and_then(|v| v.as_str())
+                .unwrap_or_default()
+                .to_owned()
+        };
+        let int = |k: &str| r.get(k).and_then(|v| v.as_i64()).unwrap_or_default();
+        (
+            text("character"),
+            text("user_id"),
+            int("created_at_ms"),
+            text("grp"),
+            int("chunk"),
+        )
+    };
+    rows.sort_by_cached_key(key);
+}
+
 fn export_sqlite(db: &Path, table: &Table, out: &mut Vec<Row>) -> anyhow::Result<()> {
     let conn = sqlite::open_connection(db).with_context(|| format!("opening {}", db.display()))?;
     let sql = format!(
@@ -165,10 +188,14 @@ fn export_sqlite(db: &Path, table: &Table, out: &mut Vec<Row>) -> anyhow::Result
         table.columns.join(", "),
         table.name
     );
-    let sql = if table.name == "profiles" {
-        sql.replace("ORDER BY id", "ORDER BY user_id")
-    } else {
-        sql
+    let sql = match table.name {
+        "profiles" => sql.replace("ORDER BY id", "ORDER BY user_id"),
+        // The one order every memory store exports in (see `sort_memory_rows`).
+        "memories" => sql.replace(
+            "ORDER BY id",
+            "ORDER BY character, user_id, created_at_ms, grp, chunk",
+        ),
+        _ => sql,
     };
     let mut stmt = conn.prepare(&sql)?;
     let rows = stmt.query_map([], |r| sqlite_row(r, table))?;
@@ -211,7 +238,9 @@ async fn qdrant_target(settings: &Settings) -> anyhow::Result<Option<QdrantMemor
     let s = &settings.storage;
     Ok(match s.memory {
         MemoryBackend::Sqlite => None,
-        MemoryBackend::Qdrant => Some(QdrantMemory::from_storage(s).await?),
+        MemoryBackend::Qdrant => {
+            Some(QdrantMemory::from_storage(s, settings.character_ids()?).await?)
+        }
     })
 }
 

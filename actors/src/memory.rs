@@ -132,6 +132,13 @@ pub struct RankSettings {
 }
 
 /// Similarity × recency decay × importance, deduplicated by text, best `top_k` first.
+/// "Newest first", the same in every store: by creation time, then (for memories made in the
+/// same millisecond, like a summary and the reply it ends with) by group id, descending. No
+/// store's own tie-break (insertion order, point ids) decides what a listing shows.
+pub fn newest_first(a_ms: i64, a_group: &str, b_ms: i64, b_group: &str) -> std::cmp::Ordering {
+    b_ms.cmp(&a_ms).then_with(|| b_group.cmp(a_group))
+}
+
 pub fn rank(
     mut candidates: Vec<Candidate>,
     settings: &RankSettings,

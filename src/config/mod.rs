@@ -518,6 +518,15 @@ impl Settings {
         toml::to_string_pretty(self).expect("settings always serialise")
     }
 
+    /// The ids of the characters in `characters.dir` (the stores keyed by character, e.g.
+    /// Qdrant's collections, own exactly these).
+    pub fn character_ids(&self) -> Result<Vec<String>, ConfigError> {
+        Ok(characters::load_dir(&self.characters.dir)?
+            .ids()
+            .map(str::to_owned)
+            .collect())
+    }
+
     /// Whether the embedded local model server should be started.
     pub fn uses_local_llm(&self) -> bool {
         self.llm.base_url.is_empty()

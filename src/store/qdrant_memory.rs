@@ -5,7 +5,14 @@
 //! One collection per character (`{prefix}_{character}`), cosine distance, payload indexes on
 //! `user_id`, `scope`, `scope_kind`, `group` and `created_at_ms`. Point ids are UUIDs derived
 //! from (user, character, group, chunk), so a job that runs twice writes each chunk once.
-//! Tested against a real server only where `QDRANT_URL` is set (none can run here).
+//!
+//! The collections this deployment owns are exactly `{prefix}_{character}` for the configured
+//! characters: another deployment's prefix that happens to start with ours
+//! (`whisper_staging_aria` beside `whisper_aria`) is never read, exported, forgotten into or
+//! replaced. Each collection and its payload indexes are ensured once per process, whoever
+//! created them ("already exists" is success), so a collection left without an index by a crash
+//! is repaired by the next start. Tested against a real server only where `QDRANT_URL` is set
+//! (none can run here).
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -24,6 +31,8 @@ use whisper_actors::memory::{
 };
 use whisper_actors::ports::StoreError;
 use whisper_actors::{ConversationKey, Scope};
+
+use tracing::{debug, info, warn};
 
 use super::server::{Unreachable, wait_for};
 
@@ -71,39 +80,94 @@ fn scope_kind(scope: &Scope) -> &'static str {
 pub struct QdrantMemory {
     client: Qdrant,
     prefix: String,
-    /// Collections known to exist: a search should not cost an extra round trip to ask.
+    /// The configured characters: their collections are this deployment's.
+    characters: Vec<String>,
+    /// Collections known to exist with their indexes ensured by this process: a search should
+    /// not cost an extra round trip to ask.
     known: std::sync::Mutex<std::collections::HashSet<String>>,
 }
 
+/// Whether Qdrant refused to create something because it is already there (a concurrent
+/// writer won the race, or an earlier run made it): for an "ensure", that is success.
+fn already_exists(error: &QdrantError) -> bool {
+    error.to_string().to_lowercase().contains("already exists")
+}
+
+/// The collections of `names` this deployment owns: exactly `{prefix}_{character}` for the
+/// configured characters (never `{prefix}_{other}_{character}` of a longer prefix).
+pub fn owned_collections<'a>(
+    prefix: &str,
+    characters: &[String],
+    names: impl IntoIterator<Item = &'a str>,
+) -> Vec<(String, String)> {
+    let mut owned: Vec<(String, String)> = names
+        .into_iter()
+        .filter_map(|name| {
+            characters
+                .iter()
+                .find(|c| name == format!("{prefix}_{c}"))
+                .map(|c| (name.to_owned(), c.clone()))
+        })
+        .collect();
+    owned.sort();
+    owned
+}
+
 impl QdrantMemory {
-    pub async fn connect(url: &str, prefix: &str, wait: Duration) -> Result<Self, QdrantOpenError> {
+    pub async fn connect(
+        url: &str,
+        prefix: &str,
+        characters: Vec<String>,
+        wait: Duration,
+    ) -> Result<Self, QdrantOpenError> {
+        // The client's own version check prints to standard output (which is the chat's reply
+        // stream when piped); the server's version is logged here instead.
         let client = Qdrant::from_url(url)
+            .skip_compatibility_check()
             .build()
             .map_err(|e| QdrantOpenError::Url(e.to_string()))?;
-        wait_for("qdrant", url, wait, || client.health_check()).await?;
+        let health = wait_for("qdrant", url, wait, || client.health_check()).await?;
+        info!(version = %health.version, "connected to Qdrant");
+        if !health.version.starts_with("1.") {
+            warn!(version = %health.version, "this Qdrant major version is untested with qdrant-client 1.x");
+        }
         Ok(Self {
             client,
             prefix: prefix.to_owned(),
+            characters,
             known: Default::default(),
         })
     }
 
-    /// The Qdrant `storage.qdrant_*` names.
-    pub async fn from_storage(s: &crate::config::StorageSection) -> Result<Self, QdrantOpenError> {
-        Self::connect(s.qdrant_url.expose(), &s.qdrant_prefix, s.connect_timeout).await
+    /// The Qdrant `storage.qdrant_*` names, for the configured characters.
+    pub async fn from_storage(
+        s: &crate::config::StorageSection,
+        characters: Vec<String>,
+    ) -> Result<Self, QdrantOpenError> {
+        Self::connect(
+            s.qdrant_url.expose(),
+            &s.qdrant_prefix,
+            characters,
+            s.connect_timeout,
+        )
+        .await
     }
 
     fn collection(&self, character: &str) -> String {
         format!("{}_{character}", self.prefix)
     }
 
-    async fn exists(&self, collection: &str) -> Result<bool, StoreError> {
-        if self
-            .known
+    fn is_known(&self, collection: &str) -> bool {
+        self.known
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .contains(collection)
-        {
+    }
+
+    /// Whether the collection exists; a first look at an existing one also ensures its payload
+    /// indexes (listing needs the `created_at_ms` one).
+    async fn exists(&self, collection: &str) -> Result<bool, StoreError> {
+        if self.is_known(collection) {
             return Ok(true);
         }
         let exists = self
@@ -112,6 +176,7 @@ impl QdrantMemory {
             .await
             .map_err(failed("check collection"))?;
         if exists {
+            self.ensure_indexes(collection).await?;
             self.remember(collection);
         }
         Ok(exists)
@@ -130,13 +195,28 @@ impl QdrantMemory {
         if self.exists(collection).await? {
             return Ok(());
         }
-        self.client
+        match self
+            .client
             .create_collection(
                 CreateCollectionBuilder::new(collection)
                     .vectors_config(VectorParamsBuilder::new(dimensions, Distance::Cosine)),
             )
             .await
-            .map_err(failed("create collection"))?;
+        {
+            Ok(_) => {}
+            Err(e) if already_exists(&e) => {
+                debug!(collection, "collection created meanwhile by another writer");
+            }
+            Err(e) => return Err(failed("create collection")(e)),
+        }
+        self.ensure_indexes(collection).await?;
+        self.remember(collection);
+        Ok(())
+    }
+
+    /// Creates the payload indexes (creating an existing one succeeds, so this repairs a
+    /// collection whose creation was cut short).
+    async fn ensure_indexes(&self, collection: &str) -> Result<(), StoreError> {
         for (field, kind) in [
             ("user_id", FieldType::Keyword),
             ("scope", FieldType::Keyword),
@@ -144,14 +224,18 @@ impl QdrantMemory {
             ("group", FieldType::Keyword),
             ("created_at_ms", FieldType::Integer),
         ] {
-            self.client
-                .create_field_index(CreateFieldIndexCollectionBuilder::new(
-                    collection, field, kind,
-                ))
+            match self
+                .client
+                .create_field_index(
+                    CreateFieldIndexCollectionBuilder::new(collection, field, kind).wait(true),
+                )
                 .await
-                .map_err(failed("create payload index"))?;
+            {
+                Ok(_) => {}
+                Err(e) if already_exists(&e) => {}
+                Err(e) => return Err(failed("create payload index")(e)),
+            }
         }
-        self.remember(collection);
         Ok(())
     }
 
@@ -246,18 +330,19 @@ fn point_id(chunk: &MemoryChunk) -> String {
 /// Backup and restore in the portable format (`crate::backup`): every point of every collection
 /// of this prefix, as the embedded `memories` table's columns (vector in base64, f32 LE).
 impl QdrantMemory {
-    async fn own_collections(&self) -> Result<Vec<String>, StoreError> {
-        let prefix = format!("{}_", self.prefix);
-        Ok(self
+    /// (collection, character) of every collection this deployment owns, that exists.
+    async fn own_collections(&self) -> Result<Vec<(String, String)>, StoreError> {
+        let listed = self
             .client
             .list_collections()
             .await
             .map_err(failed("list collections"))?
-            .collections
-            .into_iter()
-            .filter(|c| c.name.starts_with(&prefix))
-            .map(|c| c.name)
-            .collect())
+            .collections;
+        Ok(owned_collections(
+            &self.prefix,
+            &self.characters,
+            listed.iter().map(|c| c.name.as_str()),
+        ))
     }
 
     pub async fn export_rows(
@@ -265,8 +350,7 @@ impl QdrantMemory {
     ) -> anyhow::Result<Vec<serde_json::Map<String, serde_json::Value>>> {
         use base64::Engine as _;
         let mut rows = Vec::new();
-        for collection in self.own_collections().await? {
-            let character = collection[self.prefix.len() + 1..].to_owned();
+        for (collection, character) in self.own_collections().await? {
             let mut offset = None;
             loop {
                 let mut request = ScrollPointsBuilder::new(&collection)
@@ -307,6 +391,8 @@ impl QdrantMemory {
                 }
             }
         }
+        // Points scroll in id order (a hash): the backup lists them in the one defined order.
+        crate::backup::sort_memory_rows(&mut rows);
         Ok(rows)
     }
 
@@ -316,7 +402,7 @@ impl QdrantMemory {
         rows: &[serde_json::Map<String, serde_json::Value>],
     ) -> anyhow::Result<()> {
         use base64::Engine as _;
-        for collection in self.own_collections().await? {
+        for (collection, _) in self.own_collections().await? {
             self.client.delete_collection(&collection).await?;
             self.known
                 .lock()
@@ -464,15 +550,18 @@ impl MemoryStore for QdrantMemory {
             )
             .await
             .map_err(failed("list memories"))?;
-        let mut groups = Vec::new();
+        let mut newest: Vec<(i64, String)> = Vec::new();
         for point in response.result {
             let stored: Stored = Payload::from(point.payload)
                 .deserialize()
                 .map_err(failed("list memories"))?;
-            if !groups.contains(&stored.group) {
-                groups.push(stored.group);
+            if !newest.iter().any(|(_, g)| *g == stored.group) {
+                newest.push((stored.created_at_ms, stored.group));
             }
         }
+        // The same "newest first" as every store, ties included.
+        newest.sort_by(|a, b| whisper_actors::memory::newest_first(a.0, &a.1, b.0, &b.1));
+        let mut groups: Vec<String> = newest.into_iter().map(|(_, g)| g).collect();
         groups.truncate(limit);
         let joined = self.groups(&collection, &key.user, groups.clone()).await?;
         Ok(groups
@@ -484,7 +573,7 @@ impl MemoryStore for QdrantMemory {
 
     async fn forget_user(&self, user: &str) -> Result<u64, StoreError> {
         let mut deleted = 0;
-        for name in self.own_collections().await? {
+        for (name, _) in self.own_collections().await? {
             let collection = qdrant_client::qdrant::CollectionDescription { name };
             let filter = Filter::must([Condition::matches("user_id", user.to_owned())]);
             let counted = self
@@ -507,5 +596,35 @@ impl MemoryStore for QdrantMemory {
                 .map_err(failed("forget user"))?;
         }
         Ok(deleted)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_our_exact_collections_are_ours() {
+        let characters = vec!["aria".to_owned(), "marlowe".to_owned()];
+        let listed = [
+            "whisper_aria",
+            "whisper_staging_aria",
+            "whisper_marlowe",
+            "whisperx_aria",
+            "whisper_",
+            "other_aria",
+            "whisper_removed",
+        ];
+        assert_eq!(
+            owned_collections("whisper", &characters, listed),
+            [
+                ("whisper_aria".to_owned(), "aria".to_owned()),
+                ("whisper_marlowe".to_owned(), "marlowe".to_owned())
+            ]
+        );
+        assert_eq!(
+            owned_collections("whisper_staging", &characters, listed),
+            [("whisper_staging_aria".to_owned(), "aria".to_owned())]
+        );
     }
 }

@@ -15,7 +15,9 @@ use async_trait::async_trait;
 use lru::LruCache;
 use rusqlite::{Connection, TransactionBehavior, params};
 use whisper_actors::classify::{dot, normalize};
-use whisper_actors::memory::{Candidate, MemoryChunk, MemoryKind, MemoryQuery, MemoryStore};
+use whisper_actors::memory::{
+    Candidate, MemoryChunk, MemoryKind, MemoryQuery, MemoryStore, newest_first,
+};
 use whisper_actors::ports::{Embedding, StoreError};
 use whisper_actors::stats::PoolStats;
 use whisper_actors::{ConversationKey, Scope};
@@ -247,15 +249,15 @@ impl Handler<List> for Worker {
     fn handle(&mut self, List(key, limit): List, _: &mut Self::Context) -> Self::Result {
         self.run("list memories", |conn, cache| {
             let partition = Self::partition(conn, cache, &key)?;
-            let mut groups: Vec<&str> = Vec::new();
-            for row in partition.iter().rev() {
-                if !groups.contains(&&*row.group) {
-                    groups.push(&row.group);
-                }
-                if groups.len() == limit {
-                    break;
+            let mut newest: Vec<(i64, &str)> = Vec::new();
+            for row in partition.iter() {
+                if !newest.iter().any(|(_, g)| *g == &*row.group) {
+                    newest.push((row.created_at_ms, &row.group));
                 }
             }
+            // The same "newest first" as every store, ties included (not insertion order).
+            newest.sort_by(|a, b| newest_first(a.0, a.1, b.0, b.1));
+            let groups: Vec<&str> = newest.into_iter().take(limit).map(|(_, g)| g).collect();
             Ok(groups
                 .into_iter()
                 .map(|group| {

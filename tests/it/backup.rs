@@ -188,11 +188,9 @@ fn a_corrupt_or_partial_backup_is_refused_and_changes_nothing() {
 /// Where a Qdrant server is reachable (`QDRANT_URL`): memories move into Qdrant and back
 /// unchanged. None can run on the development machines.
 #[test]
+#[ignore = "needs a Qdrant server: set QDRANT_URL (./bot.sh test then runs it)"]
 fn memories_move_into_qdrant_and_back_where_qdrant_runs() {
-    let Ok(url) = std::env::var("QDRANT_URL") else {
-        eprintln!("QDRANT_URL is not set: the Qdrant backup path is not run here");
-        return;
-    };
+    let url = crate::support::qdrant::url();
     run_actix(|| async move {
         let llm = ScriptedLlm::start().await;
         let original = tempfile::tempdir().unwrap();
@@ -204,7 +202,7 @@ fn memories_move_into_qdrant_and_back_where_qdrant_runs() {
         let elsewhere = tempfile::tempdir().unwrap();
         let mut server = with_data_dir(&s, elsewhere.path());
         server.storage.memory = whisperengine::config::MemoryBackend::Qdrant;
-        server.storage.qdrant_url = url.into();
+        server.storage.qdrant_url = url.clone().into();
         server.storage.qdrant_prefix = format!("backup_{}", std::process::id());
         backup::restore(&server, &first, |_| {}).await.unwrap();
         assert_eq!(answers(&server).await, before);
@@ -214,5 +212,6 @@ fn memories_move_into_qdrant_and_back_where_qdrant_runs() {
         let back = with_data_dir(&s, again.path());
         backup::restore(&back, &second, |_| {}).await.unwrap();
         assert_eq!(answers(&back).await, before);
+        crate::support::qdrant::drop_prefix(&url, &server.storage.qdrant_prefix).await;
     });
 }

@@ -265,3 +265,55 @@ async fn config_check_prints_no_secret() {
     assert!(printed.contains("redis://:***@cache:6379/0"), "{printed}");
     assert!(printed.contains("aria = \"<redacted>\""), "{printed}");
 }
+
+/// The piped chat's standard output is the replies, one per line, and nothing else, whatever
+/// the stores print or log (`env` selects them).
+async fn piped_output_is_only_replies(env: &[(&str, String)]) {
+    let llm = ScriptedLlm::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut cmd = command(dir.path());
+    cmd.env("WHISPER__LLM__BASE_URL", llm.base_url())
+        .env("WHISPER__LLM__MODEL", "scripted");
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    let out = chat(cmd, "first line\nsecond line\n", Duration::from_secs(60)).await;
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert_eq!(
+        text(&out.stdout),
+        "echo: first line\necho: second line\n",
+        "stderr: {}",
+        text(&out.stderr)
+    );
+}
+
+/// In server mode (PostgreSQL history, Redis jobs, cache and limits) too.
+#[tokio::test(flavor = "multi_thread")]
+async fn piped_chat_prints_only_replies_in_server_mode() {
+    let schema = crate::stores::PgSchema::create().await;
+    let prefix = format!("pipe{}", std::process::id());
+    piped_output_is_only_replies(&[
+        ("WHISPER__STORAGE__HISTORY", "postgres".into()),
+        ("WHISPER__STORAGE__POSTGRES_URL", schema.url()),
+        ("WHISPER__STORAGE__JOBS", "redis".into()),
+        ("WHISPER__STORAGE__REDIS_CACHE", "true".into()),
+        ("WHISPER__STORAGE__REDIS_PREFIX", prefix),
+    ])
+    .await;
+}
+
+/// With memories in Qdrant: its client's version check (which prints to standard output) is
+/// off, and nothing else of it reaches the replies.
+#[tokio::test(flavor = "multi_thread")]
+#[ignore = "needs a Qdrant server: set QDRANT_URL (./bot.sh test then runs it)"]
+async fn piped_chat_prints_only_replies_with_qdrant() {
+    let url = crate::support::qdrant::url();
+    let prefix = format!("pipe_{}", std::process::id());
+    piped_output_is_only_replies(&[
+        ("WHISPER__STORAGE__MEMORY", "qdrant".into()),
+        ("WHISPER__STORAGE__QDRANT_URL", url.clone()),
+        ("WHISPER__STORAGE__QDRANT_PREFIX", prefix.clone()),
+    ])
+    .await;
+    crate::support::qdrant::drop_prefix(&url, &prefix).await;
+}

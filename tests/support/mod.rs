@@ -8,3 +8,4 @@ pub mod arcadedb;
 pub mod discord;
 pub mod openai_server;
 pub mod proxy;
+pub mod qdrant;
