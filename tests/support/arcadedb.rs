@@ -63,6 +63,8 @@ impl ArcadeDb {
                 "-Darcadedb.server.defaultDatabases={DATABASE}[root]"
             ))
             .arg("com.arcadedb.server.ArcadeDBServer")
+            // Its logs go to ./log: keep them in the server's own temporary root.
+            .current_dir(root.path())
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
