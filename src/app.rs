@@ -39,6 +39,7 @@ use whisper_actors::jobs::{JobQueue, JobSettings};
 use whisper_actors::limits::{LocalRateLimiter, RateLimiter};
 use whisper_actors::memory::{MemorySettings, RankSettings};
 use whisper_actors::runtime::{FactSettings, ToolSettings};
+use whisper_actors::store_actors::{GraphPool, MemoryPool};
 use whisper_actors::tools::Tool;
 
 /// Optional parts beyond what the configuration selects: extra context providers (the next
@@ -330,6 +331,7 @@ pub struct App {
     reporter: JoinHandle<()>,
     endpoint: Option<crate::observe::Endpoint>,
     channel_log: Option<Arc<ChannelLog>>,
+    store_pools: (MemoryPool, GraphPool),
     settings: Settings,
 }
 
@@ -426,6 +428,17 @@ impl App {
         let (memory, memory_stats) = memory_store(&settings, &db, ids).await?;
         let facts = fact_store(&settings, &db).await?;
         let jobs = job_queue(&settings, &db).await?;
+        // The card's MemoryActor and GraphActor pools front the stores for every backend:
+        // everything that reads or writes memories and facts goes through them.
+        let s = &settings.storage;
+        let memory_pool_stats = Arc::new(whisper_actors::stats::PoolStats::default());
+        let memory_pool =
+            MemoryPool::start(memory, settings.pools.memory, memory_pool_stats.clone());
+        let graph_pool_stats = Arc::new(whisper_actors::stats::PoolStats::default());
+        let graph_pool = GraphPool::start(facts, settings.pools.graph, graph_pool_stats.clone());
+        let memory: Arc<dyn MemoryStore> = Arc::new(memory_pool.clone());
+        let facts: Arc<dyn FactStore> = Arc::new(graph_pool.clone());
+        let backend = |b: &dyn std::fmt::Debug| format!("{b:?}").to_lowercase();
         let user_data = UserData {
             db: db.clone(),
             history: history.clone(),
@@ -434,7 +447,20 @@ impl App {
             jobs: jobs.clone(),
         };
 
-        let mut pools = vec![("history".to_owned(), history_stats)];
+        let mut pools = vec![
+            (format!("history ({})", backend(&s.history)), history_stats),
+            (
+                format!("MemoryActor ({})", backend(&s.memory)),
+                memory_pool_stats,
+            ),
+            (
+                format!("GraphActor ({})", backend(&s.facts)),
+                graph_pool_stats,
+            ),
+        ];
+        if s.memory == MemoryBackend::Sqlite {
+            pools.push(("memory threads (sqlite)".to_owned(), memory_stats));
+        }
         let (embedder, intents) = if settings.embedding.enabled {
             let embedder = LocalEmbedder::start(&settings.embedding, settings.pools.embedder)
                 .context("loading the embedding model")?;
@@ -448,8 +474,7 @@ impl App {
             } else {
                 None
             };
-            pools.push(("embedder".to_owned(), embedder.stats()));
-            pools.push(("memory".to_owned(), memory_stats));
+            pools.push(("EmbedderActor".to_owned(), embedder.stats()));
             (
                 Some(Arc::new(embedder) as Arc<dyn whisper_actors::ports::Embedder>),
                 intents,
@@ -545,6 +570,7 @@ impl App {
             reporter,
             endpoint: metrics,
             channel_log,
+            store_pools: (memory_pool, graph_pool),
             settings,
         })
     }
@@ -593,6 +619,16 @@ impl App {
         &self.user_data
     }
 
+    /// The MemoryActor pool (every memory read and write goes through it).
+    pub fn memory_pool(&self) -> &MemoryPool {
+        &self.store_pools.0
+    }
+
+    /// The GraphActor pool (every fact read and write goes through it).
+    pub fn graph_pool(&self) -> &GraphPool {
+        &self.store_pools.1
+    }
+
     pub fn runtime(&self) -> &Runtime {
         &self.runtime
     }
@@ -604,6 +640,8 @@ impl App {
             .shutdown(self.settings.runtime.shutdown_timeout)
             .await;
         info!(drained, "runtime stopped");
+        self.store_pools.0.0.stop();
+        self.store_pools.1.0.stop();
         self.reporter.abort();
         if let Some(endpoint) = self.endpoint {
             endpoint.stop();

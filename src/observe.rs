@@ -159,7 +159,8 @@ fn export(s: &StatusSnapshot) {
         let name = pool.name.clone();
         gauge!("whisper_pool_size", "pool" => name.clone()).set(pool.size as f64);
         gauge!("whisper_pool_queue_depth", "pool" => name.clone()).set(pool.queue_depth as f64);
-        counter!("whisper_store_errors_total", "pool" => name).absolute(pool.errors);
+        counter!("whisper_store_errors_total", "pool" => name.clone()).absolute(pool.errors);
+        counter!("whisper_pool_restarts_total", "pool" => name).absolute(pool.restarts);
     }
 }
 

@@ -134,13 +134,17 @@ pub fn render(file: &StatusFile, alive: bool) -> String {
     out.push_str("\npools:\n");
     for p in &s.pools {
         out.push_str(&format!(
-            "  {:<10} size {:>3}  queue depth {:>4}  errors {}\n",
-            p.name, p.size, p.queue_depth, p.errors
+            "  {:<26} size {:>3}  in flight {:>4}  errors {:>4}  restarts {}\n",
+            p.name, p.size, p.queue_depth, p.errors, p.restarts
         ));
     }
     out.push_str(&format!(
         "\nmessages {}  replies {}  failed replies {}  degraded context {}  store write failures {}\n",
         s.messages, s.replies, s.failed_replies, s.degraded_context, s.store_write_failures
+    ));
+    out.push_str(&format!(
+        "tool calls {}  tool failures {}  rate limited {}\n",
+        s.tool_calls, s.tool_failures, s.rate_limited
     ));
     out
 }

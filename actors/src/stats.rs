@@ -73,8 +73,11 @@ pub struct PipelineStats {
 #[derive(Debug, Default)]
 pub struct PoolStats {
     pub size: Gauge,
+    /// Requests sent to the pool and not yet answered (waiting or being served).
     pub queue_depth: Gauge,
     pub errors: Gauge,
+    /// Members restarted after a panic.
+    pub restarts: Gauge,
 }
 
 /// Everything the runtime counts, shared by reference.
@@ -133,6 +136,7 @@ impl RuntimeStats {
                     size: p.size.get(),
                     queue_depth: p.queue_depth.get(),
                     errors: p.errors.get(),
+                    restarts: p.restarts.get(),
                 })
                 .collect(),
             messages: self.pipeline.messages.get(),
@@ -179,6 +183,8 @@ pub struct PoolStatus {
     pub size: u64,
     pub queue_depth: u64,
     pub errors: u64,
+    #[serde(default)]
+    pub restarts: u64,
 }
 
 /// A point-in-time view of the runtime, serialisable for the status file.

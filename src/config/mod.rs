@@ -80,6 +80,7 @@ pub struct PoolsSection {
     pub postgres: usize,
     pub embedder: usize,
     pub memory: usize,
+    pub graph: usize,
     pub llm_concurrency: usize,
     pub llm_queue: usize,
 }
@@ -410,7 +411,7 @@ pub fn load(overrides: &Overrides) -> Result<Loaded, ConfigError> {
 
 fn validate(loaded: &Loaded) -> Result<(), ConfigError> {
     let s = &loaded.settings;
-    let positive: [(&str, u64); 20] = [
+    let positive: [(&str, u64); 21] = [
         ("discord.channel_writes", s.discord.channel_writes as u64),
         ("tools.summaries", s.tools.summaries as u64),
         ("runtime.shards", s.runtime.shards as u64),
@@ -423,6 +424,7 @@ fn validate(loaded: &Loaded) -> Result<(), ConfigError> {
         ("pools.postgres", s.pools.postgres as u64),
         ("pools.embedder", s.pools.embedder as u64),
         ("pools.memory", s.pools.memory as u64),
+        ("pools.graph", s.pools.graph as u64),
         ("memory.top_k", s.memory.top_k as u64),
         ("memory.chunk_words", s.memory.chunk_words as u64),
         ("memory.cached_users", s.memory.cached_users as u64),

@@ -82,3 +82,147 @@ fn a_panicking_handler_is_restarted_then_escalated() {
         app.shutdown().await;
     });
 }
+
+/// Waits until the status shows pool `name` with `restarts` restarts.
+async fn pool_restarts(app: &whisperengine::app::App, name: &str, restarts: u64) {
+    for _ in 0..200 {
+        let status = app.runtime().status();
+        if status
+            .pools
+            .iter()
+            .any(|p| p.name == name && p.restarts == restarts)
+        {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    panic!(
+        "{name} never showed {restarts} restarts: {:?}",
+        app.runtime().status().pools
+    );
+}
+
+/// A panic inside a MemoryActor or GraphActor answers its caller with an error (no hang), the
+/// member is restarted and counted, and the next request to the pool works.
+#[test]
+fn memory_and_graph_actors_survive_a_panic() {
+    use whisper_actors::facts::FactStore;
+    use whisper_actors::memory::MemoryStore;
+    use whisper_actors::pool::InjectPanic;
+    run_actix(|| async {
+        let llm = ScriptedLlm::start().await;
+        let dir = tempfile::tempdir().unwrap();
+        let mut s = settings(dir.path(), &llm.base_url());
+        s.pools.memory = 1;
+        s.pools.graph = 1;
+        let app = start(s, extras(vec![])).await;
+        let key = whisper_actors::ConversationKey::new("aria", "test:pan");
+
+        let answer = tokio::time::timeout(
+            Duration::from_secs(5),
+            app.memory_pool().0.call(InjectPanic),
+        )
+        .await
+        .expect("the caller is answered");
+        assert!(answer.is_err());
+        pool_restarts(&app, "MemoryActor (sqlite)", 1).await;
+        assert!(app.memory_pool().list(&key, 5).await.is_ok(), "works again");
+
+        let answer =
+            tokio::time::timeout(Duration::from_secs(5), app.graph_pool().0.call(InjectPanic))
+                .await
+                .expect("the caller is answered");
+        assert!(answer.is_err());
+        pool_restarts(&app, "GraphActor (sqlite)", 1).await;
+        assert!(
+            app.graph_pool().current("test:pan").await.is_ok(),
+            "works again"
+        );
+
+        // A conversation (memory search, fact lookup, remember job) still works end to end.
+        let mut pan = Client::new("aria", "test:pan");
+        assert!(is_done(&pan.ask(&app, "still there?").await));
+        app.shutdown().await;
+    });
+}
+
+/// The pools' sizes come from `[pools]` and status names each pool with its backend.
+#[test]
+fn status_shows_every_pool_with_its_backend_and_size() {
+    run_actix(|| async {
+        let llm = ScriptedLlm::start().await;
+        let dir = tempfile::tempdir().unwrap();
+        let mut s = settings(dir.path(), &llm.base_url());
+        s.pools.memory = 3;
+        s.pools.graph = 2;
+        s.pools.history = 4;
+        let app = start(s, extras(vec![])).await;
+        let pools: Vec<(String, u64)> = app
+            .runtime()
+            .status()
+            .pools
+            .into_iter()
+            .map(|p| (p.name, p.size))
+            .collect();
+        for expected in [
+            ("history (sqlite)", 4),
+            ("MemoryActor (sqlite)", 3),
+            ("GraphActor (sqlite)", 2),
+            ("memory threads (sqlite)", 3),
+            ("EmbedderActor", 1),
+        ] {
+            assert!(
+                pools
+                    .iter()
+                    .any(|(n, size)| n == expected.0 && *size == expected.1),
+                "{expected:?} not in {pools:?}"
+            );
+        }
+        app.shutdown().await;
+    });
+}
+
+/// The same in server mode: history in PostgreSQL, facts in a Bolt graph, jobs on Redis.
+#[test]
+fn status_shows_server_pools_with_their_backends() {
+    run_actix(|| async {
+        let llm = ScriptedLlm::start().await;
+        let schema = crate::stores::PgSchema::create().await;
+        let graph = crate::support::arcadedb::ArcadeDb::start().await;
+        let dir = tempfile::tempdir().unwrap();
+        let mut s = settings(dir.path(), &llm.base_url());
+        s.pools.memory = 3;
+        s.pools.graph = 2;
+        s.pools.postgres = 5;
+        s.storage.history = whisperengine::config::HistoryBackend::Postgres;
+        s.storage.postgres_url = schema.url().into();
+        s.storage.facts = whisperengine::config::FactsBackend::Neo4j;
+        s.storage.neo4j_uri = graph.bolt_uri.clone().into();
+        s.storage.neo4j_user = "root".into();
+        s.storage.neo4j_password = crate::support::arcadedb::PASSWORD.into();
+        s.storage.neo4j_database = crate::support::arcadedb::DATABASE.into();
+        let app = start(s, extras(vec![])).await;
+        let pools: Vec<(String, u64)> = app
+            .runtime()
+            .status()
+            .pools
+            .into_iter()
+            .map(|p| (p.name, p.size))
+            .collect();
+        for expected in [
+            ("history (postgres)", 5),
+            ("MemoryActor (sqlite)", 3),
+            ("GraphActor (neo4j)", 2),
+        ] {
+            assert!(
+                pools
+                    .iter()
+                    .any(|(n, size)| n == expected.0 && *size == expected.1),
+                "{expected:?} not in {pools:?}"
+            );
+        }
+        let mut ola = Client::new("aria", "test:ola");
+        assert!(is_done(&ola.ask(&app, "hello over the servers").await));
+        app.shutdown().await;
+    });
+}
