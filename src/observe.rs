@@ -148,6 +148,9 @@ fn export(s: &StatusSnapshot) {
     counter!("whisper_tool_calls_total").absolute(s.tool_calls);
     counter!("whisper_tool_failures_total").absolute(s.tool_failures);
     counter!("whisper_rate_limited_total").absolute(s.rate_limited);
+    counter!("whisper_actor_restarts_total", "kind" => "LlmActor").absolute(s.llm.restarts);
+    counter!("whisper_actor_restarts_total", "kind" => "ClassifierActor")
+        .absolute(s.classifier_restarts);
     gauge!("whisper_llm_in_flight").set(s.llm.in_flight as f64);
     gauge!("whisper_llm_queued").set(s.llm.queued as f64);
     gauge!("whisper_llm_max_concurrent").set(s.llm.max_concurrent as f64);

@@ -5,6 +5,7 @@
 //! anything the bot should remember (configurable guard phrases). Everything else is `full`.
 //! The [`ClassifierActor`] owns the intent set so it is loaded once and shared by all shards.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use actix::prelude::*;
@@ -162,11 +163,23 @@ impl ContextProvider for ClassifierProvider {
 /// Owns the intent set; classification takes microseconds, so one actor serves every shard.
 pub struct ClassifierActor {
     intents: IntentSet,
+    restarts: Option<Arc<crate::stats::RuntimeStats>>,
 }
 
 impl ClassifierActor {
     pub fn new(intents: IntentSet) -> Self {
-        Self { intents }
+        Self {
+            intents,
+            restarts: None,
+        }
+    }
+
+    /// Counts its restarts in `stats` (shown by status).
+    pub fn counted(intents: IntentSet, stats: Arc<crate::stats::RuntimeStats>) -> Self {
+        Self {
+            intents,
+            restarts: Some(stats),
+        }
     }
 }
 
@@ -174,7 +187,14 @@ impl Actor for ClassifierActor {
     type Context = Context<Self>;
 }
 
-impl Supervised for ClassifierActor {}
+impl Supervised for ClassifierActor {
+    fn restarting(&mut self, _: &mut Self::Context) {
+        if let Some(stats) = &self.restarts {
+            stats.supervision.classifier.inc();
+        }
+        tracing::warn!("classifier actor restarted");
+    }
+}
 
 #[derive(Message)]
 #[rtype(result = "Verdict")]
@@ -186,8 +206,29 @@ pub struct Classify {
 impl Handler<Classify> for ClassifierActor {
     type Result = MessageResult<Classify>;
 
-    fn handle(&mut self, msg: Classify, _: &mut Self::Context) -> Self::Result {
-        MessageResult(self.intents.classify(&msg.text, &msg.vector))
+    fn handle(&mut self, msg: Classify, ctx: &mut Self::Context) -> Self::Result {
+        // A classifier failure only costs the fast track: the message takes the full path.
+        MessageResult(
+            crate::supervision::catch("ClassifierActor", ctx, || {
+                self.intents.classify(&msg.text, &msg.vector)
+            })
+            .unwrap_or_else(|| Verdict::full("classifier failed")),
+        )
+    }
+}
+
+impl Handler<crate::pool::InjectPanic> for ClassifierActor {
+    type Result = Result<(), crate::ports::StoreError>;
+
+    fn handle(&mut self, _: crate::pool::InjectPanic, ctx: &mut Self::Context) -> Self::Result {
+        crate::supervision::catch("ClassifierActor", ctx, || {
+            panic!("injected into the ClassifierActor")
+        })
+        .unwrap_or(Err(crate::ports::StoreError::Failed {
+            store: "ClassifierActor",
+            operation: "answer",
+            reason: "the actor panicked".into(),
+        }))
     }
 }
 

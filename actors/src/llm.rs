@@ -98,6 +98,7 @@ impl Actor for LlmActor {
 
 impl Supervised for LlmActor {
     fn restarting(&mut self, _: &mut Self::Context) {
+        self.stats.supervision.llm.inc();
         warn!("LLM actor restarting; in-flight generations continue on their own tasks");
     }
 }
@@ -105,7 +106,31 @@ impl Supervised for LlmActor {
 impl Handler<Generate> for LlmActor {
     type Result = Result<mpsc::Receiver<LlmEvent>, LlmError>;
 
-    fn handle(&mut self, msg: Generate, _: &mut Self::Context) -> Self::Result {
+    fn handle(&mut self, msg: Generate, ctx: &mut Self::Context) -> Self::Result {
+        crate::supervision::catch("LlmActor", ctx, || self.admit(msg)).unwrap_or_else(|| {
+            Err(LlmError::Transient {
+                status: None,
+                message: "the LLM actor failed and is restarting".into(),
+            })
+        })
+    }
+}
+
+impl Handler<crate::pool::InjectPanic> for LlmActor {
+    type Result = Result<(), crate::ports::StoreError>;
+
+    fn handle(&mut self, _: crate::pool::InjectPanic, ctx: &mut Self::Context) -> Self::Result {
+        crate::supervision::catch("LlmActor", ctx, || panic!("injected into the LlmActor"))
+            .unwrap_or(Err(crate::ports::StoreError::Failed {
+                store: "LlmActor",
+                operation: "answer",
+                reason: "the actor panicked".into(),
+            }))
+    }
+}
+
+impl LlmActor {
+    fn admit(&mut self, msg: Generate) -> Result<mpsc::Receiver<LlmEvent>, LlmError> {
         // Generation tasks run on this actor's arbiter thread, so between two messages the
         // counters are exact: a task moves itself from `queued` to `in_flight` without yielding.
         // (The semaphore is not: a task admitted a moment ago may not have taken its permit yet.)

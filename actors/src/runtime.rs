@@ -110,6 +110,8 @@ pub struct Runtime {
     router: ShardRouter,
     stats: Arc<RuntimeStats>,
     arbiters: Vec<Arbiter>,
+    llm: Addr<LlmActor>,
+    classifier: Option<Addr<ClassifierActor>>,
 }
 
 impl Runtime {
@@ -139,10 +141,13 @@ impl Runtime {
                 deadline: settings.profile_deadline,
             }),
         ];
+        let mut classifier_addr = None;
         if let (Some(intents), Some(_)) = (parts.intents, &parts.embedder) {
+            let classifier_stats = stats.clone();
             let classifier = Supervisor::start_in_arbiter(&llm_arbiter.handle(), move |_| {
-                ClassifierActor::new(intents)
+                ClassifierActor::counted(intents, classifier_stats)
             });
+            classifier_addr = Some(classifier.clone());
             providers.push(Arc::new(ClassifierProvider {
                 classifier,
                 deadline: settings.classifier_deadline,
@@ -234,7 +239,7 @@ impl Runtime {
             tools: (!toolbox.is_empty()).then(|| Arc::new(toolbox)),
             limiter: parts.limiter,
             history: parts.history,
-            llm,
+            llm: llm.clone(),
             settings: ConversationSettings {
                 edit_interval: settings.edit_interval,
                 token_budget: settings.token_budget,
@@ -279,7 +284,19 @@ impl Runtime {
             router,
             stats,
             arbiters,
+            llm,
+            classifier: classifier_addr,
         }
+    }
+
+    /// The LlmActor (admission to the model).
+    pub fn llm(&self) -> &Addr<LlmActor> {
+        &self.llm
+    }
+
+    /// The ClassifierActor, when the fast track runs.
+    pub fn classifier(&self) -> Option<&Addr<ClassifierActor>> {
+        self.classifier.as_ref()
     }
 
     /// The background job system, if the runtime has a queue.

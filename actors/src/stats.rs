@@ -80,9 +80,17 @@ pub struct PoolStats {
     pub restarts: Gauge,
 }
 
+/// Restarts after a panic, by actor kind (conversations count per shard, pools per pool).
+#[derive(Debug, Default)]
+pub struct SupervisionStats {
+    pub llm: Gauge,
+    pub classifier: Gauge,
+}
+
 /// Everything the runtime counts, shared by reference.
 #[derive(Debug)]
 pub struct RuntimeStats {
+    pub supervision: SupervisionStats,
     pub shards: Vec<ShardStats>,
     pub llm: LlmStats,
     pub pipeline: PipelineStats,
@@ -92,6 +100,7 @@ pub struct RuntimeStats {
 impl RuntimeStats {
     pub fn new(shards: usize, pools: Vec<(String, Arc<PoolStats>)>) -> Self {
         Self {
+            supervision: SupervisionStats::default(),
             shards: (0..shards).map(|_| ShardStats::default()).collect(),
             llm: LlmStats::default(),
             pipeline: PipelineStats::default(),
@@ -127,7 +136,9 @@ impl RuntimeStats {
                 failures: self.llm.failures.get(),
                 rejected_overloaded: self.llm.rejected_overloaded.get(),
                 cancelled: self.llm.cancelled.get(),
+                restarts: self.supervision.llm.get(),
             },
+            classifier_restarts: self.supervision.classifier.get(),
             pools: self
                 .pools
                 .iter()
@@ -175,6 +186,9 @@ pub struct LlmStatus {
     pub failures: u64,
     pub rejected_overloaded: u64,
     pub cancelled: u64,
+    /// LlmActor restarts after a panic.
+    #[serde(default)]
+    pub restarts: u64,
 }
 
 #[derive(Clone, Debug, Serialize, serde::Deserialize, PartialEq)]
@@ -192,6 +206,9 @@ pub struct PoolStatus {
 pub struct StatusSnapshot {
     pub shards: Vec<ShardStatus>,
     pub llm: LlmStatus,
+    /// ClassifierActor restarts after a panic.
+    #[serde(default)]
+    pub classifier_restarts: u64,
     pub pools: Vec<PoolStatus>,
     pub messages: u64,
     pub replies: u64,

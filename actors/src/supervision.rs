@@ -99,6 +99,29 @@ pub fn panic_message(payload: &(dyn Any + Send)) -> String {
     }
 }
 
+/// Runs a synchronous handler body of a supervised actor. A panic does not take the arbiter's
+/// thread down with it: it is logged, the actor is stopped (its actix `Supervisor` restarts
+/// it, and its `restarting` counts the restart), and `None` tells the handler to answer its
+/// caller with an error instead.
+pub fn catch<A, R>(
+    kind: &'static str,
+    ctx: &mut actix::Context<A>,
+    body: impl FnOnce() -> R,
+) -> Option<R>
+where
+    A: actix::Actor<Context = actix::Context<A>>,
+{
+    use actix::ActorContext;
+    match std::panic::catch_unwind(std::panic::AssertUnwindSafe(body)) {
+        Ok(result) => Some(result),
+        Err(panic) => {
+            tracing::error!(kind, cause = %panic_message(&*panic), "actor panicked in a handler; restarting it");
+            ctx.stop();
+            None
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

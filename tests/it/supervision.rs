@@ -226,3 +226,30 @@ fn status_shows_server_pools_with_their_backends() {
         app.shutdown().await;
     });
 }
+
+/// A panic in the LlmActor or the ClassifierActor is caught (the arbiter's thread lives on),
+/// the actor restarts and is counted, and the next message is answered normally.
+#[test]
+fn the_llm_and_classifier_actors_survive_a_panic() {
+    use whisper_actors::pool::InjectPanic;
+    run_actix(|| async {
+        let llm = ScriptedLlm::start().await;
+        let dir = tempfile::tempdir().unwrap();
+        let s = settings(dir.path(), &llm.base_url());
+        let app = start(s, extras(vec![])).await;
+        let runtime = app.runtime();
+        assert!(runtime.llm().send(InjectPanic).await.unwrap().is_err());
+        let classifier = runtime.classifier().expect("the fast track runs").clone();
+        assert!(classifier.send(InjectPanic).await.unwrap().is_err());
+        wait_for(&app, "the restarts counted", |s| {
+            s.llm.restarts == 1 && s.classifier_restarts == 1
+        })
+        .await;
+        let mut kim = Client::new("aria", "test:kim");
+        let reply = kim.ask(&app, "tell me about the weather tomorrow").await;
+        assert!(is_done(&reply), "{reply:?}");
+        let hello = kim.ask(&app, "hi!").await;
+        assert!(is_done(&hello), "{hello:?}");
+        app.shutdown().await;
+    });
+}

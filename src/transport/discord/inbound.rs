@@ -16,7 +16,7 @@ use whisper_actors::messages::{FailureKind, ReplyStatus, ReplyUpdate};
 use whisper_actors::{ConversationKey, Scope, ShardRouter, UserMessage};
 
 use super::channel::{ChannelLog, Line};
-use super::outbound::{ChannelLimiter, Outbound, Register};
+use super::outbound::{ChannelLimiter, DiscordActor, Register};
 use super::policy::{Access, Decision, Inbound};
 
 /// Extensions read as text when attached (beyond `text/*` content types).
@@ -34,7 +34,7 @@ pub struct Bot {
     pub threads: std::sync::Mutex<std::collections::HashMap<u64, ThreadInfo>>,
     pub access: Arc<Access>,
     pub router: ShardRouter,
-    pub outbound: Addr<Outbound>,
+    pub outbound: Addr<DiscordActor>,
     /// Where the bot was refused (403): messages there are not answered at all.
     pub limiter: Arc<ChannelLimiter>,
     /// The guild channels' recent messages (channel context), when enabled.

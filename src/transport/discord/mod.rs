@@ -5,7 +5,7 @@
 //! gateway ─▶ Bot (EventHandler, per character) ─▶ policy ─▶ ShardRouter ─▶ conversations
 //!                         │ Register                                          │ ReplyUpdate
 //!                         ▼                                                   ▼
-//!                     Outbound (DiscordActor, per bot) ─▶ writer task per reply ─▶ REST
+//!                     DiscordActor (per bot token) ─▶ writer task per reply ─▶ REST
 //! ```
 
 pub mod channel;
@@ -25,7 +25,7 @@ use tracing::{debug, info, warn};
 use crate::app::App;
 use crate::config::Settings;
 use inbound::Bot;
-use outbound::{ChannelLimiter, Outbound};
+use outbound::{ChannelLimiter, DiscordActor};
 use policy::Access;
 
 #[derive(Debug, thiserror::Error)]
@@ -87,8 +87,8 @@ pub async fn start(app: &App, settings: &Settings) -> Result<DiscordBots, Discor
         let shared_rest = Arc::new(std::sync::OnceLock::new());
         let outbound = {
             let (rest, limiter) = (shared_rest.clone(), limiter.clone());
-            Outbound::start_in_arbiter(&arbiter.handle(), move |_| {
-                Outbound::new(rest, limiter, edit_interval)
+            DiscordActor::start_in_arbiter(&arbiter.handle(), move |_| {
+                DiscordActor::new(rest, limiter, edit_interval)
             })
         };
         let handler = Bot {

@@ -155,7 +155,7 @@ struct Desired {
 }
 
 /// The DiscordActor of one bot: the reply writer with its channel budget.
-pub struct Outbound {
+pub struct DiscordActor {
     rest: Arc<std::sync::OnceLock<Arc<Rest>>>,
     limiter: Arc<ChannelLimiter>,
     /// Least time between two writes of one reply (`streaming.edit_interval`).
@@ -163,7 +163,7 @@ pub struct Outbound {
     replies: HashMap<u64, watch::Sender<Desired>>,
 }
 
-impl Outbound {
+impl DiscordActor {
     pub fn new(
         rest: Arc<std::sync::OnceLock<Arc<Rest>>>,
         limiter: Arc<ChannelLimiter>,
@@ -178,11 +178,11 @@ impl Outbound {
     }
 }
 
-impl Actor for Outbound {
+impl Actor for DiscordActor {
     type Context = Context<Self>;
 }
 
-impl Handler<Register> for Outbound {
+impl Handler<Register> for DiscordActor {
     type Result = ();
 
     fn handle(&mut self, msg: Register, _: &mut Self::Context) {
@@ -214,7 +214,7 @@ impl Handler<Register> for Outbound {
     }
 }
 
-impl Handler<ReplyUpdate> for Outbound {
+impl Handler<ReplyUpdate> for DiscordActor {
     type Result = ();
 
     fn handle(&mut self, update: ReplyUpdate, _: &mut Self::Context) {
