@@ -151,6 +151,7 @@ fn export(s: &StatusSnapshot) {
     counter!("whisper_actor_restarts_total", "kind" => "LlmActor").absolute(s.llm.restarts);
     counter!("whisper_actor_restarts_total", "kind" => "ClassifierActor")
         .absolute(s.classifier_restarts);
+    counter!("whisper_actor_restarts_total", "kind" => "Shard").absolute(s.shard_restarts);
     gauge!("whisper_llm_in_flight").set(s.llm.in_flight as f64);
     gauge!("whisper_llm_queued").set(s.llm.queued as f64);
     gauge!("whisper_llm_max_concurrent").set(s.llm.max_concurrent as f64);

@@ -128,8 +128,8 @@ pub fn render(file: &StatusFile, alive: bool) -> String {
         ));
     }
     out.push_str(&format!(
-        "\nLLM: {}/{} streaming, {} queued (queue capacity {}), completed {}, retries {}, timeouts {}, failures {}, refused (queue full) {}, cancelled {}, LlmActor restarts {}\nClassifierActor restarts {}\n",
-        s.llm.in_flight, s.llm.max_concurrent, s.llm.queued, s.llm.queue_capacity, s.llm.completed, s.llm.retries, s.llm.timeouts, s.llm.failures, s.llm.rejected_overloaded, s.llm.cancelled, s.llm.restarts, s.classifier_restarts
+        "\nLLM: {}/{} streaming, {} queued (queue capacity {}), completed {}, retries {}, timeouts {}, failures {}, refused (queue full) {}, cancelled {}, LlmActor restarts {}\nClassifierActor restarts {}   Shard restarts {}\n",
+        s.llm.in_flight, s.llm.max_concurrent, s.llm.queued, s.llm.queue_capacity, s.llm.completed, s.llm.retries, s.llm.timeouts, s.llm.failures, s.llm.rejected_overloaded, s.llm.cancelled, s.llm.restarts, s.classifier_restarts, s.shard_restarts
     ));
     out.push_str("\npools:\n");
     for p in &s.pools {

@@ -209,7 +209,7 @@ impl Handler<Classify> for ClassifierActor {
     fn handle(&mut self, msg: Classify, ctx: &mut Self::Context) -> Self::Result {
         // A classifier failure only costs the fast track: the message takes the full path.
         MessageResult(
-            crate::supervision::catch("ClassifierActor", ctx, || {
+            crate::supervision::catch("ClassifierActor", ctx, |_| {
                 self.intents.classify(&msg.text, &msg.vector)
             })
             .unwrap_or_else(|| Verdict::full("classifier failed")),
@@ -221,7 +221,7 @@ impl Handler<crate::pool::InjectPanic> for ClassifierActor {
     type Result = Result<(), crate::ports::StoreError>;
 
     fn handle(&mut self, _: crate::pool::InjectPanic, ctx: &mut Self::Context) -> Self::Result {
-        crate::supervision::catch("ClassifierActor", ctx, || {
+        crate::supervision::catch("ClassifierActor", ctx, |_| {
             panic!("injected into the ClassifierActor")
         })
         .unwrap_or(Err(crate::ports::StoreError::Failed {

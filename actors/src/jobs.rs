@@ -309,7 +309,17 @@ impl Actor for JobWorker {
         ctx.spawn(
             async move {
                 loop {
-                    if !system.run_one().await {
+                    // A panic outside a job's own handler (which `run_one` already catches)
+                    // must not end the worker: it is counted and the loop goes on.
+                    let ran = std::panic::AssertUnwindSafe(system.run_one())
+                        .catch_unwind()
+                        .await
+                        .unwrap_or_else(|panic| {
+                            system.stats.restarts.inc();
+                            tracing::error!(cause = %crate::supervision::panic_message(&*panic), "job worker panicked; it carries on");
+                            true
+                        });
+                    if !ran {
                         let _ = tokio::time::timeout(
                             system.settings.poll_interval,
                             system.wake.notified(),

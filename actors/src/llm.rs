@@ -107,7 +107,7 @@ impl Handler<Generate> for LlmActor {
     type Result = Result<mpsc::Receiver<LlmEvent>, LlmError>;
 
     fn handle(&mut self, msg: Generate, ctx: &mut Self::Context) -> Self::Result {
-        crate::supervision::catch("LlmActor", ctx, || self.admit(msg)).unwrap_or_else(|| {
+        crate::supervision::catch("LlmActor", ctx, |_| self.admit(msg)).unwrap_or_else(|| {
             Err(LlmError::Transient {
                 status: None,
                 message: "the LLM actor failed and is restarting".into(),
@@ -120,7 +120,7 @@ impl Handler<crate::pool::InjectPanic> for LlmActor {
     type Result = Result<(), crate::ports::StoreError>;
 
     fn handle(&mut self, _: crate::pool::InjectPanic, ctx: &mut Self::Context) -> Self::Result {
-        crate::supervision::catch("LlmActor", ctx, || panic!("injected into the LlmActor"))
+        crate::supervision::catch("LlmActor", ctx, |_| panic!("injected into the LlmActor"))
             .unwrap_or(Err(crate::ports::StoreError::Failed {
                 store: "LlmActor",
                 operation: "answer",

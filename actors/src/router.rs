@@ -102,7 +102,7 @@ impl ShardRouter {
         self.accepting.store(false, Ordering::Release);
     }
 
-    pub(crate) fn shards(&self) -> &[Addr<Shard>] {
+    pub fn shards(&self) -> &[Addr<Shard>] {
         &self.shards
     }
 }

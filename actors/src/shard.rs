@@ -199,6 +199,37 @@ impl Handler<Route> for Shard {
     type Result = ();
 
     fn handle(&mut self, Route(msg): Route, ctx: &mut Self::Context) {
+        let (reply_to, key, message_id) = (msg.reply_to.clone(), msg.key.clone(), msg.message_id);
+        let routed = crate::supervision::catch("Shard", ctx, |ctx| self.route(msg, ctx));
+        if routed.is_none() {
+            // The shard restarts fresh; the message that broke it gets an answer.
+            self.deps.stats.supervision.shard.inc();
+            reply_to.do_send(crate::messages::ReplyUpdate {
+                message_id,
+                key,
+                text: crate::conversation::CRASH_APOLOGY.to_owned(),
+                status: crate::messages::ReplyStatus::Failed(crate::messages::FailureKind::Crashed),
+            });
+        }
+    }
+}
+
+impl Handler<crate::pool::InjectPanic> for Shard {
+    type Result = Result<(), crate::ports::StoreError>;
+
+    fn handle(&mut self, _: crate::pool::InjectPanic, ctx: &mut Self::Context) -> Self::Result {
+        let caught = crate::supervision::catch("Shard", ctx, |_| panic!("injected into a Shard"));
+        self.deps.stats.supervision.shard.inc();
+        caught.unwrap_or(Err(crate::ports::StoreError::Failed {
+            store: "Shard",
+            operation: "answer",
+            reason: "the shard panicked".into(),
+        }))
+    }
+}
+
+impl Shard {
+    fn route(&mut self, msg: UserMessage, ctx: &mut Context<Self>) {
         if !self.conversations.contains(&msg.key) {
             let entry = self.start_conversation(&msg.key, ctx);
             self.conversations.put(msg.key.clone(), entry);

@@ -85,6 +85,8 @@ pub struct PoolStats {
 pub struct SupervisionStats {
     pub llm: Gauge,
     pub classifier: Gauge,
+    /// Shards restarted fresh after a panic in their own handlers.
+    pub shard: Gauge,
 }
 
 /// Everything the runtime counts, shared by reference.
@@ -139,6 +141,7 @@ impl RuntimeStats {
                 restarts: self.supervision.llm.get(),
             },
             classifier_restarts: self.supervision.classifier.get(),
+            shard_restarts: self.supervision.shard.get(),
             pools: self
                 .pools
                 .iter()
@@ -209,6 +212,9 @@ pub struct StatusSnapshot {
     /// ClassifierActor restarts after a panic.
     #[serde(default)]
     pub classifier_restarts: u64,
+    /// Shards restarted fresh after a panic in their own handlers.
+    #[serde(default)]
+    pub shard_restarts: u64,
     pub pools: Vec<PoolStatus>,
     pub messages: u64,
     pub replies: u64,

@@ -106,13 +106,13 @@ pub fn panic_message(payload: &(dyn Any + Send)) -> String {
 pub fn catch<A, R>(
     kind: &'static str,
     ctx: &mut actix::Context<A>,
-    body: impl FnOnce() -> R,
+    body: impl FnOnce(&mut actix::Context<A>) -> R,
 ) -> Option<R>
 where
     A: actix::Actor<Context = actix::Context<A>>,
 {
     use actix::ActorContext;
-    match std::panic::catch_unwind(std::panic::AssertUnwindSafe(body)) {
+    match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| body(ctx))) {
         Ok(result) => Some(result),
         Err(panic) => {
             tracing::error!(kind, cause = %panic_message(&*panic), "actor panicked in a handler; restarting it");

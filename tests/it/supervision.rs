@@ -253,3 +253,31 @@ fn the_llm_and_classifier_actors_survive_a_panic() {
         app.shutdown().await;
     });
 }
+
+/// A panic in a shard's own handler is caught: the shard restarts fresh (its users'
+/// conversations reload from the store), the restart is counted, and its users are answered.
+#[test]
+fn a_shard_survives_a_panic_and_restarts_fresh() {
+    use whisper_actors::pool::InjectPanic;
+    run_actix(|| async {
+        let llm = ScriptedLlm::start().await;
+        let dir = tempfile::tempdir().unwrap();
+        let mut s = settings(dir.path(), &llm.base_url());
+        s.runtime.shards = 1;
+        let app = start(s, extras(vec![])).await;
+        let mut lou = Client::new("aria", "test:lou");
+        assert!(is_done(&lou.ask(&app, "my boat is called Saga").await));
+        let shard = app.router().shards()[0].clone();
+        assert!(shard.send(InjectPanic).await.unwrap().is_err());
+        wait_for(&app, "the shard restart counted", |s| s.shard_restarts == 1).await;
+        wait_for(&app, "a fresh shard", |s| s.live_conversations() == 0).await;
+        let reply = lou.ask(&app, "what is my boat called?").await;
+        assert!(is_done(&reply), "{reply:?}");
+        let prompt = llm.requests().pop().unwrap().contents().join("\n");
+        assert!(
+            prompt.contains("my boat is called Saga"),
+            "history reloaded: {prompt}"
+        );
+        app.shutdown().await;
+    });
+}
