@@ -95,6 +95,7 @@ fn load(cli: &Cli) -> anyhow::Result<(Settings, whisper_actors::CharacterSet)> {
     let overrides = Overrides {
         config_file: cli.config.clone(),
         data_dir: cli.data_dir.clone(),
+        ignore_environment: false,
     };
     let settings = config::load(&overrides)?.settings;
     let characters = config::characters::load_dir(&settings.characters.dir)?;

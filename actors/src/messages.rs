@@ -67,8 +67,6 @@ pub enum FailureKind {
     Crashed,
     /// The conversation was given up on after repeated crashes.
     Escalated,
-    /// The runtime is shutting down.
-    ShuttingDown,
     /// The user sent more messages than `limits.messages_per_window` allows.
     RateLimited,
 }

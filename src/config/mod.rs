@@ -367,6 +367,8 @@ pub struct Overrides {
     pub config_file: Option<PathBuf>,
     /// `--data-dir`.
     pub data_dir: Option<PathBuf>,
+    /// Leave `WHISPER__*` variables out (tests must not depend on the developer's shell).
+    pub ignore_environment: bool,
 }
 
 /// A loaded configuration plus the layers it came from, for error messages.
@@ -397,7 +399,9 @@ pub fn load(overrides: &Overrides) -> Result<Loaded, ConfigError> {
         }
         None => {}
     }
-    figment = figment.merge(Env::prefixed("WHISPER__").split("__"));
+    if !overrides.ignore_environment {
+        figment = figment.merge(Env::prefixed("WHISPER__").split("__"));
+    }
     if let Some(dir) = &overrides.data_dir {
         figment = figment.merge(("storage.data_dir", dir));
     }

@@ -122,6 +122,7 @@ fn the_example_env_file_matches_the_configuration() {
     let loaded = whisperengine::config::load(&whisperengine::config::Overrides {
         config_file: None,
         data_dir: None,
+        ignore_environment: false,
     })
     .expect("example.env is valid configuration");
     let s = loaded.settings;

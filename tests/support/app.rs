@@ -35,6 +35,8 @@ pub fn settings(dir: &Path, base_url: &str) -> Settings {
     let mut s = config::load(&Overrides {
         config_file: None,
         data_dir: Some(dir.to_owned()),
+        // The developer's own WHISPER__* settings must not change what a test runs against.
+        ignore_environment: true,
     })
     .expect("default configuration loads")
     .settings;

@@ -27,11 +27,16 @@ const TEXT_EXTENSIONS: [&str; 12] = [
 /// A thread's parent channel and owner.
 pub type ThreadInfo = (Option<u64>, Option<u64>);
 
+/// Threads remembered per bot.
+pub const THREADS: usize = 10_000;
+
 pub struct Bot {
     pub character: String,
     /// Threads seen created: thread id to (parent channel, owner). The cache only knows threads
     /// of guilds it holds, and a thread's channel rules follow its parent.
-    pub threads: std::sync::Mutex<std::collections::HashMap<u64, ThreadInfo>>,
+    /// Bounded (`THREADS`, least recently used dropped): a dropped thread is looked up in the
+    /// cache again.
+    pub threads: std::sync::Mutex<lru::LruCache<u64, ThreadInfo>>,
     pub access: Arc<Access>,
     pub router: ShardRouter,
     pub outbound: Addr<DiscordActor>,
@@ -57,16 +62,13 @@ impl EventHandler for Bot {
     }
 
     async fn thread_create(&self, _: Context, thread: GuildChannel) {
-        self.threads
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .insert(
-                thread.id.get(),
-                (
-                    thread.parent_id.map(|p| p.get()),
-                    thread.owner_id.map(|o| o.get()),
-                ),
-            );
+        self.threads.lock().unwrap_or_else(|e| e.into_inner()).put(
+            thread.id.get(),
+            (
+                thread.parent_id.map(|p| p.get()),
+                thread.owner_id.map(|o| o.get()),
+            ),
+        );
     }
 
     async fn resume(&self, _: Context, _: ResumedEvent) {

@@ -93,7 +93,9 @@ pub async fn start(app: &App, settings: &Settings) -> Result<DiscordBots, Discor
         };
         let handler = Bot {
             character: character.clone(),
-            threads: Default::default(),
+            threads: std::sync::Mutex::new(lru::LruCache::new(
+                std::num::NonZeroUsize::new(inbound::THREADS).expect("non-zero"),
+            )),
             access: access.clone(),
             router: router.clone(),
             outbound,

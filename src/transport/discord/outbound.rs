@@ -49,6 +49,9 @@ pub struct ChannelLimiter {
     forbidden_for: Duration,
 }
 
+/// Channels tracked before idle ones are pruned.
+const CHANNELS: usize = 10_000;
+
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
 }
@@ -80,6 +83,13 @@ impl ChannelLimiter {
             let wait = {
                 let mut recent = lock(&self.recent);
                 let now = Instant::now();
+                // Bounded: channels with no write inside the window are forgotten.
+                if recent.len() > CHANNELS {
+                    let window = self.window;
+                    recent.retain(|_, t| t.back().is_some_and(|w| now.duration_since(*w) < window));
+                    lock(&self.held).retain(|_, until| *until > now);
+                    lock(&self.forbidden).retain(|_, r| r.until > now);
+                }
                 let times = recent.entry(channel).or_default();
                 while times
                     .front()
