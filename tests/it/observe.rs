@@ -36,7 +36,10 @@ fn metrics_and_health_are_served() {
             "whisper_replies_by_route_total{route=\"fast\"} 1",
             "whisper_replies_by_route_total{route=\"full\"} 1",
             "whisper_live_conversations{shard=",
-            "whisper_pool_queue_depth{pool=\"history\"}",
+            "whisper_pool_queue_depth{pool=\"history (sqlite)\"}",
+            "whisper_pool_size{pool=\"MemoryActor (sqlite)\"}",
+            "whisper_pool_restarts_total{pool=\"GraphActor (sqlite)\"}",
+            "whisper_actor_restarts_total{kind=\"LlmActor\"}",
             "whisper_llm_in_flight",
             "whisper_restarts_total{shard=",
         ] {
