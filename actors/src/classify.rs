@@ -224,11 +224,7 @@ impl Handler<crate::pool::InjectPanic> for ClassifierActor {
         crate::supervision::catch("ClassifierActor", ctx, |_| {
             panic!("injected into the ClassifierActor")
         })
-        .unwrap_or(Err(crate::ports::StoreError::Failed {
-            store: "ClassifierActor",
-            operation: "answer",
-            reason: "the actor panicked".into(),
-        }))
+        .unwrap_or_else(|| Err(crate::pool::panicked("ClassifierActor", "injected")))
     }
 }
 

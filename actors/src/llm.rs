@@ -121,11 +121,7 @@ impl Handler<crate::pool::InjectPanic> for LlmActor {
 
     fn handle(&mut self, _: crate::pool::InjectPanic, ctx: &mut Self::Context) -> Self::Result {
         crate::supervision::catch("LlmActor", ctx, |_| panic!("injected into the LlmActor"))
-            .unwrap_or(Err(crate::ports::StoreError::Failed {
-                store: "LlmActor",
-                operation: "answer",
-                reason: "the actor panicked".into(),
-            }))
+            .unwrap_or_else(|| Err(crate::pool::panicked("LlmActor", "injected")))
     }
 }
 

@@ -129,15 +129,20 @@ where
                     let cause = crate::supervision::panic_message(&*panic);
                     tracing::error!(kind, %cause, "a pool member panicked; restarting it");
                     ctx.stop();
-                    Err(StoreError::Failed {
-                        store: kind,
-                        operation: "answer",
-                        reason: format!("the actor panicked: {cause}"),
-                    })
+                    Err(panicked(kind, cause))
                 }
             },
         ),
     )
+}
+
+/// The error answer of an actor whose handler panicked (its caller never hangs).
+pub fn panicked(kind: &'static str, cause: impl Into<String>) -> StoreError {
+    StoreError::Failed {
+        store: kind,
+        operation: "answer",
+        reason: format!("the actor panicked: {}", cause.into()),
+    }
 }
 
 /// The fault-injection hook of the supervision tests: the member that gets it panics inside

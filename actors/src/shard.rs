@@ -220,11 +220,7 @@ impl Handler<crate::pool::InjectPanic> for Shard {
     fn handle(&mut self, _: crate::pool::InjectPanic, ctx: &mut Self::Context) -> Self::Result {
         let caught = crate::supervision::catch("Shard", ctx, |_| panic!("injected into a Shard"));
         self.deps.stats.supervision.shard.inc();
-        caught.unwrap_or(Err(crate::ports::StoreError::Failed {
-            store: "Shard",
-            operation: "answer",
-            reason: "the shard panicked".into(),
-        }))
+        caught.unwrap_or_else(|| Err(crate::pool::panicked("Shard", "injected")))
     }
 }
 

@@ -114,8 +114,11 @@ fn build_session(files: &ModelFiles) -> Result<TextEmbedding, EmbedSetupError> {
     })
 }
 
+/// One embedding thread. A panic inside ONNX Runtime answers its caller with an error and stops
+/// the actor; the SyncArbiter then builds a fresh one (a new session) from its factory.
 struct EmbedderActor {
     session: TextEmbedding,
+    stats: Arc<PoolStats>,
 }
 
 impl Actor for EmbedderActor {
@@ -129,16 +132,20 @@ struct Embed(Vec<String>);
 impl Handler<Embed> for EmbedderActor {
     type Result = Result<Vec<Embedding>, EmbedError>;
 
-    fn handle(&mut self, Embed(texts): Embed, _: &mut Self::Context) -> Self::Result {
+    fn handle(&mut self, Embed(texts): Embed, ctx: &mut Self::Context) -> Self::Result {
         let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
             self.session.embed(&texts, None)
         }));
         match result {
             Ok(Ok(vectors)) => Ok(vectors.into_iter().map(Embedding::from).collect()),
             Ok(Err(e)) => Err(EmbedError(e.to_string())),
-            Err(payload) => Err(EmbedError(whisper_actors::supervision::panic_message(
-                payload.as_ref(),
-            ))),
+            Err(payload) => {
+                let cause = whisper_actors::supervision::panic_message(payload.as_ref());
+                tracing::error!(%cause, "the embedder panicked; restarting it with a fresh session");
+                self.stats.restarts.inc();
+                ctx.stop();
+                Err(EmbedError(cause))
+            }
         }
     }
 }
@@ -167,6 +174,9 @@ impl LocalEmbedder {
             .len();
         let model_id = format!("{}:{}", files.dir.display(), files.onnx.len());
         let first = std::sync::Mutex::new(Some(probe));
+        let stats = Arc::new(PoolStats::default());
+        stats.size.set(threads as u64);
+        let actor_stats = stats.clone();
         let workers = SyncArbiter::start(threads, move || {
             let session = first
                 .lock()
@@ -175,10 +185,11 @@ impl LocalEmbedder {
                 .map(Ok)
                 .unwrap_or_else(|| build_session(&files))
                 .expect("the model loaded once at startup loads again");
-            EmbedderActor { session }
+            EmbedderActor {
+                session,
+                stats: actor_stats.clone(),
+            }
         });
-        let stats = Arc::new(PoolStats::default());
-        stats.size.set(threads as u64);
         Ok(Self {
             workers,
             stats,

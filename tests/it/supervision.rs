@@ -146,6 +146,23 @@ fn memory_and_graph_actors_survive_a_panic() {
     });
 }
 
+/// Status lists each (pool, size) of `expected`.
+fn assert_pools(app: &whisperengine::app::App, expected: &[(&str, u64)]) {
+    let pools: Vec<(String, u64)> = app
+        .runtime()
+        .status()
+        .pools
+        .into_iter()
+        .map(|p| (p.name, p.size))
+        .collect();
+    for (name, size) in expected {
+        assert!(
+            pools.iter().any(|(n, s)| n == name && s == size),
+            "{name} {size} not in {pools:?}"
+        );
+    }
+}
+
 /// The pools' sizes come from `[pools]` and status names each pool with its backend.
 #[test]
 fn status_shows_every_pool_with_its_backend_and_size() {
@@ -157,27 +174,16 @@ fn status_shows_every_pool_with_its_backend_and_size() {
         s.pools.graph = 2;
         s.pools.history = 4;
         let app = start(s, extras(vec![])).await;
-        let pools: Vec<(String, u64)> = app
-            .runtime()
-            .status()
-            .pools
-            .into_iter()
-            .map(|p| (p.name, p.size))
-            .collect();
-        for expected in [
-            ("history (sqlite)", 4),
-            ("MemoryActor (sqlite)", 3),
-            ("GraphActor (sqlite)", 2),
-            ("memory threads (sqlite)", 3),
-            ("EmbedderActor", 1),
-        ] {
-            assert!(
-                pools
-                    .iter()
-                    .any(|(n, size)| n == expected.0 && *size == expected.1),
-                "{expected:?} not in {pools:?}"
-            );
-        }
+        assert_pools(
+            &app,
+            &[
+                ("history (sqlite)", 4),
+                ("MemoryActor (sqlite)", 3),
+                ("GraphActor (sqlite)", 2),
+                ("memory threads (sqlite)", 3),
+                ("EmbedderActor", 1),
+            ],
+        );
         app.shutdown().await;
     });
 }
@@ -202,25 +208,14 @@ fn status_shows_server_pools_with_their_backends() {
         s.storage.neo4j_password = crate::support::arcadedb::PASSWORD.into();
         s.storage.neo4j_database = crate::support::arcadedb::DATABASE.into();
         let app = start(s, extras(vec![])).await;
-        let pools: Vec<(String, u64)> = app
-            .runtime()
-            .status()
-            .pools
-            .into_iter()
-            .map(|p| (p.name, p.size))
-            .collect();
-        for expected in [
-            ("history (postgres)", 5),
-            ("MemoryActor (sqlite)", 3),
-            ("GraphActor (neo4j)", 2),
-        ] {
-            assert!(
-                pools
-                    .iter()
-                    .any(|(n, size)| n == expected.0 && *size == expected.1),
-                "{expected:?} not in {pools:?}"
-            );
-        }
+        assert_pools(
+            &app,
+            &[
+                ("history (postgres)", 5),
+                ("MemoryActor (sqlite)", 3),
+                ("GraphActor (neo4j)", 2),
+            ],
+        );
         let mut ola = Client::new("aria", "test:ola");
         assert!(is_done(&ola.ask(&app, "hello over the servers").await));
         app.shutdown().await;

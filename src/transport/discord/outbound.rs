@@ -19,6 +19,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use actix::prelude::*;
+use futures::FutureExt;
 use serenity::all::{ChannelId, MessageId};
 use tokio::sync::watch;
 use tokio::time::Instant;
@@ -220,7 +221,17 @@ impl Handler<Register> for DiscordActor {
             channel = msg.channel,
             message = msg.message_id
         );
-        tokio::spawn(writer.run(rx).instrument(span));
+        // A bug in one reply's writer ends that reply only, and says so.
+        let run = std::panic::AssertUnwindSafe(writer.run(rx)).catch_unwind();
+        tokio::spawn(
+            async move {
+                if let Err(panic) = run.await {
+                    metrics::counter!("whisper_discord_failed_replies_total").increment(1);
+                    tracing::error!(cause = %whisper_actors::supervision::panic_message(&*panic), "a reply writer panicked; that reply is abandoned");
+                }
+            }
+            .instrument(span),
+        );
     }
 }
 
