@@ -94,14 +94,15 @@ impl Worker {
         cache: &Cache,
         key: &ConversationKey,
     ) -> rusqlite::Result<Partition> {
-        if let Some(p) = cache.lock().expect("cache lock").get(key) {
+        // The load and the put happen under the cache lock, and so do a write's commit and its
+        // cache update: a first search racing a first write then either loads the new rows or
+        // finds the write already applied, never both (rows twice) nor neither (rows missing).
+        let mut cache = cache.lock().expect("cache lock");
+        if let Some(p) = cache.get(key) {
             return Ok(p.clone());
         }
         let partition = Arc::new(load_partition(conn, key)?);
-        cache
-            .lock()
-            .expect("cache lock")
-            .put(key.clone(), partition.clone());
+        cache.put(key.clone(), partition.clone());
         Ok(partition)
     }
 }
@@ -147,9 +148,10 @@ impl Handler<Add> for Worker {
                     inserted.push(n == 1);
                 }
             }
-            tx.commit()?;
-            // Keep a cached partition current (copy-on-write: searches in flight keep theirs).
+            // Keep a cached partition current (copy-on-write: searches in flight keep theirs);
+            // see `partition` for why the commit happens under the cache lock.
             let mut cache = cache.lock().expect("cache lock");
+            tx.commit()?;
             for (c, new) in chunks.into_iter().zip(inserted) {
                 if !new {
                     continue;

@@ -886,3 +886,38 @@ fn qdrant_prefixes_never_leak_into_each_other() {
         crate::support::qdrant::drop_prefix(&url, &theirs).await;
     });
 }
+
+/// A first write racing a first search for the same user (two worker threads) never leaves the
+/// cached partition with a row twice (recalled text repeated) or without it.
+#[test]
+fn the_sqlite_memory_cache_never_doubles_or_drops_rows() {
+    use whisper_actors::memory::{AllowedScopes, MemoryQuery, MemoryStore};
+    run_actix(|| async {
+        let dir = tempfile::tempdir().unwrap();
+        let db = sqlite::prepare(dir.path()).unwrap();
+        let store = whisperengine::store::sqlite_memory::SqliteMemory::start(db, 4, 10_000);
+        for round in 0..300 {
+            let user = format!("u:{round}");
+            let query = || MemoryQuery {
+                key: ConversationKey::new("aria", user.as_str()),
+                scopes: AllowedScopes::Only(Scope::Direct),
+                vector: unit(0),
+                limit: 5,
+            };
+            let memory = chunk(
+                ("aria", &user),
+                Scope::Direct,
+                ("g", 0),
+                "only once",
+                1,
+                unit(0),
+            );
+            let (added, searched) = futures::join!(store.add(vec![memory]), store.search(query()));
+            added.unwrap();
+            searched.unwrap();
+            let found = store.search(query()).await.unwrap();
+            assert_eq!(found.len(), 1, "round {round}: {found:?}");
+            assert_eq!(found[0].text, "only once", "round {round}");
+        }
+    });
+}
