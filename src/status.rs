@@ -70,8 +70,14 @@ pub fn spawn_reporter(
                 llm_endpoint: llm_endpoint.clone(),
                 status: snapshot,
             };
-            if let Err(e) = write(&path, &file) {
-                warn!(error = %e, path = %path.display(), "cannot write the status file");
+            // The write syncs to disk: it runs on the blocking pool, not on an async worker.
+            let target = path.clone();
+            match tokio::task::spawn_blocking(move || write(&target, &file)).await {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => {
+                    warn!(error = %e, path = %path.display(), "cannot write the status file")
+                }
+                Err(e) => warn!(error = %e, "the status file writer failed"),
             }
         }
     })
