@@ -7,11 +7,11 @@ use std::path::Path;
 use whisper_actors::{ConversationKey, Scope};
 use whisperengine::app::open_user_data;
 use whisperengine::backup;
-use whisperengine::config::{FactsBackend, HistoryBackend, Settings};
+use whisperengine::config::{HistoryBackend, Settings};
 
 use crate::stores::PgSchema;
 use crate::support::app::{Client, drain, extras, is_done, run_actix, settings, start};
-use crate::support::arcadedb::{ArcadeDb, DATABASE, PASSWORD};
+use crate::support::arcadedb::ArcadeDb;
 use crate::support::openai_server::{FactsAnswer, ScriptedLlm};
 
 const USERS: [&str; 2] = ["test:uma", "test:vic"];
@@ -115,11 +115,7 @@ fn backup_wipe_restore_gives_the_same_answers_in_and_across_modes() {
         let mut server = with_data_dir(&s, elsewhere.path());
         server.storage.history = HistoryBackend::Postgres;
         server.storage.postgres_url = schema.url().into();
-        server.storage.facts = FactsBackend::Neo4j;
-        server.storage.neo4j_uri = graph.bolt_uri.clone().into();
-        server.storage.neo4j_user = "root".into();
-        server.storage.neo4j_password = PASSWORD.into();
-        server.storage.neo4j_database = DATABASE.into();
+        graph.configure(&mut server);
         backup::restore(&server, &first, |_| {}).await.unwrap();
         assert_eq!(answers(&server).await, before);
 

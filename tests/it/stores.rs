@@ -581,11 +581,7 @@ fn the_bot_keeps_facts_in_neo4j_when_configured() {
         let dir = tempfile::tempdir().unwrap();
         let mut s = settings(dir.path(), &llm.base_url());
         s.classifier.enabled = false;
-        s.storage.facts = whisperengine::config::FactsBackend::Neo4j;
-        s.storage.neo4j_uri = graph.bolt_uri.clone().into();
-        s.storage.neo4j_user = "root".into();
-        s.storage.neo4j_password = crate::support::arcadedb::PASSWORD.into();
-        s.storage.neo4j_database = crate::support::arcadedb::DATABASE.into();
+        graph.configure(&mut s);
         let app = start(s, extras(vec![])).await;
         let mut ida = Client::new("aria", "test:ida");
         assert!(is_done(&ida.ask(&app, "I moved to Bergen in spring").await));

@@ -202,11 +202,7 @@ fn status_shows_server_pools_with_their_backends() {
         s.pools.postgres = 5;
         s.storage.history = whisperengine::config::HistoryBackend::Postgres;
         s.storage.postgres_url = schema.url().into();
-        s.storage.facts = whisperengine::config::FactsBackend::Neo4j;
-        s.storage.neo4j_uri = graph.bolt_uri.clone().into();
-        s.storage.neo4j_user = "root".into();
-        s.storage.neo4j_password = crate::support::arcadedb::PASSWORD.into();
-        s.storage.neo4j_database = crate::support::arcadedb::DATABASE.into();
+        graph.configure(&mut s);
         let app = start(s, extras(vec![])).await;
         assert_pools(
             &app,

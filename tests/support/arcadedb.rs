@@ -16,6 +16,17 @@ pub struct ArcadeDb {
     _root: tempfile::TempDir,
 }
 
+impl ArcadeDb {
+    /// Points `s`'s fact graph at this server.
+    pub fn configure(&self, s: &mut whisperengine::config::Settings) {
+        s.storage.facts = whisperengine::config::FactsBackend::Neo4j;
+        s.storage.neo4j_uri = self.bolt_uri.clone().into();
+        s.storage.neo4j_user = "root".into();
+        s.storage.neo4j_password = PASSWORD.into();
+        s.storage.neo4j_database = DATABASE.into();
+    }
+}
+
 fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")
         .unwrap()
