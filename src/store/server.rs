@@ -18,9 +18,7 @@ pub struct Unreachable {
 }
 
 /// `url` with the password (if any) masked, for logs and errors.
-pub fn redact(url: &str) -> String {
-    crate::secret::redact(url)
-}
+pub use crate::secret::redact;
 
 /// Calls `attempt` until it succeeds, backing off from 100 ms to 2 s, for at most `timeout`.
 pub async fn wait_for<T, E, F, Fut>(

@@ -22,6 +22,7 @@ use whisper_actors::context::{
 use whisper_actors::prompt::estimate_tokens;
 
 use super::inbound::user_key;
+use super::lock;
 use super::policy::Access;
 use crate::config::ChannelContextSection;
 
@@ -52,10 +53,6 @@ pub struct ChannelLog {
     bots: Mutex<std::collections::HashMap<String, u64>>,
     max_messages: usize,
     max_age: Duration,
-}
-
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 impl ChannelLog {

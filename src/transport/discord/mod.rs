@@ -41,6 +41,12 @@ pub enum DiscordError {
     },
 }
 
+/// Locks a map shared by the bot's tasks; a task that panicked holding it leaves consistent data
+/// (every update is a single insert or remove), so the poison is ignored.
+fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
 /// The running bots.
 pub struct DiscordBots {
     bots: Vec<(String, Arc<ShardManager>, tokio::task::JoinHandle<()>)>,

@@ -26,6 +26,7 @@ use tokio::time::Instant;
 use tracing::{Instrument, debug, info_span, warn};
 use whisper_actors::messages::ReplyUpdate;
 
+use super::lock;
 use super::rest::{Rest, RestError};
 use super::split::{MAX_CHARS, split_parts};
 
@@ -52,10 +53,6 @@ pub struct ChannelLimiter {
 
 /// Channels tracked before idle ones are pruned.
 const CHANNELS: usize = 10_000;
-
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|e| e.into_inner())
-}
 
 impl ChannelLimiter {
     /// Discord counts writes when they arrive, and requests do not all take equally long to get
