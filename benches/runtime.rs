@@ -274,7 +274,7 @@ fn classifier() {
         )
         .await
         .unwrap();
-        let classifier = whisper_actors::classify::ClassifierActor::new(intents).start();
+        let classifier = whisper_actors::classifier::ClassifierActor::new(intents).start();
         let messages = [
             "hey there!",
             "thanks a lot",
@@ -297,7 +297,7 @@ fn classifier() {
                 .record(started.elapsed().as_micros() as u64)
                 .unwrap();
             let _ = classifier
-                .send(whisper_actors::classify::Classify { text, vector })
+                .send(whisper_actors::classifier::Classify { text, vector })
                 .await
                 .unwrap();
             total_hist
@@ -320,7 +320,7 @@ fn memory() {
     run_actix(|| async {
         let dir = tempfile::tempdir().unwrap();
         let db = whisperengine::store::sqlite::prepare(dir.path()).unwrap();
-        let store = whisperengine::store::sqlite_memory::SqliteMemory::start(db, 2, 1_000);
+        let store = whisperengine::store::sqlite::memory::SqliteMemory::start(db, 2, 1_000);
         let mut seed = 0x2545_F491_4F6C_DD1Du64;
         let mut vector = || -> whisper_actors::ports::Embedding {
             (0..384)

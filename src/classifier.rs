@@ -8,8 +8,9 @@ use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 use tracing::{info, warn};
-use whisper_actors::classify::{Intent, IntentSet, Route, normalize};
+use whisper_actors::classifier::{Intent, IntentSet, Route};
 use whisper_actors::ports::{Embedder, Embedding};
+use whisper_actors::vector::normalize;
 use xxhash_rust::xxh3::xxh3_64;
 
 use crate::config::{ConfigError, extract_toml};

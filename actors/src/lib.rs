@@ -7,11 +7,12 @@
 //! crate, so the whole pipeline can be exercised with any backend, and so the application crate
 //! is the only place that knows which servers exist.
 
+pub mod backoff;
 pub mod character;
-pub mod classify;
-pub mod context;
+pub mod classifier;
+pub mod clock;
 pub mod conversation;
-pub mod facts;
+pub mod graph;
 pub mod jobs;
 pub mod key;
 pub mod limits;
@@ -20,20 +21,17 @@ pub mod memory;
 pub mod messages;
 pub mod pool;
 pub mod ports;
-pub mod prompt;
-pub mod ring;
-pub mod router;
+pub mod routing;
 pub mod runtime;
-pub mod shard;
 pub mod sink;
 pub mod stats;
-pub mod store_actors;
-pub mod streaming;
 pub mod supervision;
+pub mod text;
 pub mod tools;
+pub mod vector;
 
 pub use character::{Character, CharacterSet, ModelParams};
 pub use key::{ConversationKey, Scope};
 pub use messages::{ReplyStatus, ReplyUpdate, Timings, UserMessage};
-pub use router::{RouteError, ShardRouter};
+pub use routing::router::{RouteError, ShardRouter};
 pub use runtime::{Runtime, RuntimeParts, RuntimeSettings};

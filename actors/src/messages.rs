@@ -89,7 +89,7 @@ pub struct Timings {
     /// Providers that failed or missed their deadline for this reply.
     pub degraded: Vec<String>,
     /// The fast-track verdict, when a classifier is configured.
-    pub route: Option<crate::classify::Route>,
+    pub route: Option<crate::classifier::Route>,
     pub intent: Option<String>,
     /// Tool calls the model made, over all rounds.
     pub tool_calls: u32,

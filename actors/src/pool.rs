@@ -80,6 +80,21 @@ where
         &self.stats
     }
 
+    /// Sends to the next member, counting the request while it waits or is served.
+    pub async fn ask<M>(&self, msg: M) -> Result<M::Result, MailboxError>
+    where
+        A: Handler<M>,
+        A::Context: actix::dev::ToEnvelope<A, M>,
+        M: Message + Send + 'static,
+        M::Result: Send,
+    {
+        let at = self.next.fetch_add(1, Ordering::Relaxed) % self.members.len();
+        self.stats.queue_depth.inc();
+        let result = self.members[at].send(msg).await;
+        self.stats.queue_depth.dec();
+        result
+    }
+
     /// Asks the next member; a member gone (stopping) is reported as the store unavailable.
     pub async fn call<M, T>(&self, msg: M) -> Result<T, StoreError>
     where
@@ -87,11 +102,7 @@ where
         M: Message<Result = Result<T, StoreError>> + Send + 'static,
         T: Send + 'static,
     {
-        let at = self.next.fetch_add(1, Ordering::Relaxed) % self.members.len();
-        self.stats.queue_depth.inc();
-        let result = self.members[at].send(msg).await;
-        self.stats.queue_depth.dec();
-        let result = result.unwrap_or_else(|e| {
+        let result = self.ask(msg).await.unwrap_or_else(|e| {
             Err(StoreError::Unavailable {
                 store: self.kind,
                 reason: format!("pool member unavailable: {e}"),

@@ -16,19 +16,20 @@ use tokio::sync::oneshot;
 use tracing::{error, info, warn};
 
 use crate::character::CharacterSet;
-use crate::classify::{ClassifierActor, ClassifierProvider, IntentSet};
-use crate::context::{ContextProvider, HistoryProvider, ProfileProvider};
+use crate::classifier::{ClassifierActor, ClassifierProvider, IntentSet};
+use crate::conversation::context::{ContextProvider, HistoryProvider, ProfileProvider};
 use crate::conversation::{ConversationDeps, ConversationSettings};
-use crate::facts::{FactExtraction, FactProvider, FactStore};
+use crate::graph::{FactExtraction, FactProvider, FactStore};
 use crate::jobs::{JobHandler, JobQueue, JobSettings, JobSystem, JobWorker};
 use crate::llm::{LlmActor, LlmPolicy};
 use crate::memory::{
     MemoryProvider, MemorySettings, MemoryStore, RememberTurnHandler, SummariseHandler,
 };
+use crate::pool::Pool;
 use crate::ports::{ChatModel, Embedder, HistoryStore};
-use crate::ring::HashRing;
-use crate::router::ShardRouter;
-use crate::shard::{Drain, Shard, ShardSettings};
+use crate::routing::ring::HashRing;
+use crate::routing::router::ShardRouter;
+use crate::routing::shard::{Drain, Shard, ShardSettings};
 use crate::stats::{PoolStats, RuntimeStats, StatusSnapshot};
 use crate::supervision::RestartPolicy;
 use crate::tools::{LookupFacts, RecallSummaries, SearchMemories, Tool, Toolbox};
@@ -45,6 +46,8 @@ pub struct RuntimeSettings {
     pub history_deadline: Duration,
     pub profile_deadline: Duration,
     pub classifier_deadline: Duration,
+    /// ClassifierActors in the pool (`pools.classifier`).
+    pub classifier_pool: usize,
     pub memory: MemorySettings,
     pub jobs: JobSettings,
     /// On shutdown, how long queued background jobs may take to finish (they are durable:
@@ -73,6 +76,8 @@ pub struct RuntimeParts {
     pub facts: Option<Arc<dyn FactStore>>,
     /// The durable job queue for background work.
     pub jobs: Option<Arc<dyn JobQueue>>,
+    /// The queue's backend, for the JobWorker pool's label in status.
+    pub jobs_backend: String,
     /// Tools beyond the built-in ones (memories, facts, summaries).
     pub extra_tools: Vec<Arc<dyn Tool>>,
     /// Per-user message limits (none: unlimited).
@@ -111,16 +116,24 @@ pub struct Runtime {
     stats: Arc<RuntimeStats>,
     arbiters: Vec<Arbiter>,
     llm: Addr<LlmActor>,
-    classifier: Option<Addr<ClassifierActor>>,
+    classifier: Option<Pool<ClassifierActor>>,
 }
 
 impl Runtime {
     /// Starts the shards and the LLM actor. Must be called inside a running actix `System`.
     pub fn start(settings: RuntimeSettings, parts: RuntimeParts) -> Runtime {
         let job_stats = Arc::new(PoolStats::default());
+        let classifier_stats = Arc::new(PoolStats::default());
         let mut pools = parts.pools;
+        let classifies = parts.intents.is_some() && parts.embedder.is_some();
+        if classifies {
+            pools.push(("ClassifierActor".to_owned(), classifier_stats.clone()));
+        }
         if parts.jobs.is_some() {
-            pools.push(("jobs".to_owned(), job_stats.clone()));
+            pools.push((
+                format!("JobWorker ({})", parts.jobs_backend),
+                job_stats.clone(),
+            ));
         }
         let stats = Arc::new(RuntimeStats::new(settings.shards as usize, pools));
 
@@ -142,11 +155,16 @@ impl Runtime {
             }),
         ];
         let mut classifier_addr = None;
-        if let (Some(intents), Some(_)) = (parts.intents, &parts.embedder) {
-            let classifier_stats = stats.clone();
-            let classifier = Supervisor::start_in_arbiter(&llm_arbiter.handle(), move |_| {
-                ClassifierActor::counted(intents, classifier_stats)
-            });
+        if let Some(intents) = parts.intents.filter(|_| classifies) {
+            let (counted, pool_stats) = (stats.clone(), classifier_stats.clone());
+            let classifier = Pool::start(
+                "ClassifierActor",
+                settings.classifier_pool,
+                classifier_stats,
+                move || {
+                    ClassifierActor::counted(intents.clone(), counted.clone(), pool_stats.clone())
+                },
+            );
             classifier_addr = Some(classifier.clone());
             providers.push(Arc::new(ClassifierProvider {
                 classifier,
@@ -294,8 +312,8 @@ impl Runtime {
         &self.llm
     }
 
-    /// The ClassifierActor, when the fast track runs.
-    pub fn classifier(&self) -> Option<&Addr<ClassifierActor>> {
+    /// The ClassifierActor pool, when the fast track runs.
+    pub fn classifier(&self) -> Option<&Pool<ClassifierActor>> {
         self.classifier.as_ref()
     }
 
@@ -318,18 +336,30 @@ impl Runtime {
 
     /// Graceful stop: refuse new messages, wait (up to `timeout`) until every accepted message
     /// has been answered and stored, then stop the arbiters. Returns whether it drained fully.
-    pub async fn shutdown(self, timeout: Duration) -> bool {
+    pub async fn shutdown(self, timeout: Duration) -> ShutdownReport {
         self.router.stop_accepting();
-        let drains = self.router.shards().iter().map(|shard| {
-            let (tx, rx) = oneshot::channel();
-            shard.do_send(Drain(tx));
-            rx
-        });
-        let drained = tokio::time::timeout(timeout, join_all(drains))
-            .await
-            .is_ok();
-        if !drained {
-            warn!(?timeout, "shutdown timed out with messages still in flight");
+        let deadline = tokio::time::Instant::now() + timeout;
+        let drains = self
+            .router
+            .shards()
+            .iter()
+            .enumerate()
+            .map(|(shard, addr)| {
+                let (tx, rx) = oneshot::channel();
+                addr.do_send(Drain(tx));
+                async move {
+                    tokio::time::timeout_at(deadline, rx)
+                        .await
+                        .is_err()
+                        .then_some(shard)
+                }
+            });
+        let mut report = ShutdownReport {
+            undrained_shards: join_all(drains).await.into_iter().flatten().collect(),
+            ..Default::default()
+        };
+        if !report.undrained_shards.is_empty() {
+            warn!(?timeout, shards = ?report.undrained_shards, "shutdown timed out with replies still in flight on these shards");
         }
         if let Some((jobs, grace)) = &self.jobs {
             let deadline = tokio::time::Instant::now() + *grace;
@@ -342,16 +372,17 @@ impl Runtime {
                             leased = c.leased,
                             "background jobs left for the next start"
                         );
+                        report.jobs_left = c.ready + c.leased;
                         break;
                     }
                     Err(_) => break,
                     Ok(_) => tokio::time::sleep(Duration::from_millis(20)).await,
                 }
             }
-            let kept = jobs.backlog_len();
-            if kept > 0 {
+            report.jobs_lost = jobs.backlog_len();
+            if report.jobs_lost > 0 {
                 error!(
-                    kept,
+                    kept = report.jobs_lost,
                     "the job queue stayed unavailable: jobs kept in memory are lost with this process"
                 );
             }
@@ -359,6 +390,52 @@ impl Runtime {
         for arbiter in &self.arbiters {
             arbiter.stop();
         }
-        drained
+        report
+    }
+}
+
+/// What a graceful shutdown left behind, by name: the operator reads which part did not drain
+/// in time instead of a bare "timed out".
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct ShutdownReport {
+    /// Shards whose replies were still in flight at the deadline.
+    pub undrained_shards: Vec<usize>,
+    /// Background jobs still queued or running (kept in the queue for the next start).
+    pub jobs_left: u64,
+    /// Jobs held in memory while the queue was down: lost with the process.
+    pub jobs_lost: usize,
+}
+
+impl ShutdownReport {
+    pub fn drained(&self) -> bool {
+        self.undrained_shards.is_empty() && self.jobs_left == 0 && self.jobs_lost == 0
+    }
+}
+
+impl std::fmt::Display for ShutdownReport {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if self.drained() {
+            return f.write_str("everything drained");
+        }
+        let mut parts = Vec::new();
+        if !self.undrained_shards.is_empty() {
+            parts.push(format!(
+                "replies in flight on shards {:?}",
+                self.undrained_shards
+            ));
+        }
+        if self.jobs_left > 0 {
+            parts.push(format!(
+                "{} background jobs left queued for the next start",
+                self.jobs_left
+            ));
+        }
+        if self.jobs_lost > 0 {
+            parts.push(format!(
+                "{} jobs held in memory lost (queue down)",
+                self.jobs_lost
+            ));
+        }
+        write!(f, "did not drain in time: {}", parts.join("; "))
     }
 }

@@ -77,13 +77,9 @@ impl RestartTracker {
         }
         self.recent.push_back(now);
         let attempt = self.recent.len() as u32;
-        let factor = 1u32.checked_shl(attempt - 1).unwrap_or(u32::MAX);
-        let backoff = self
-            .policy
-            .backoff_initial
-            .checked_mul(factor)
-            .unwrap_or(self.policy.backoff_max)
-            .min(self.policy.backoff_max);
+        let backoff =
+            crate::backoff::Backoff::new(self.policy.backoff_initial, self.policy.backoff_max)
+                .delay(attempt);
         RestartDecision::Restart { attempt, backoff }
     }
 }

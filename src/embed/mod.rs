@@ -7,6 +7,7 @@
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, OnceLock};
+use whisper_actors::pool::InjectPanic;
 
 use actix::prelude::*;
 use async_trait::async_trait;
@@ -133,12 +134,31 @@ impl Handler<Embed> for EmbedderActor {
     type Result = Result<Vec<Embedding>, EmbedError>;
 
     fn handle(&mut self, Embed(texts): Embed, ctx: &mut Self::Context) -> Self::Result {
-        let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-            self.session.embed(&texts, None)
-        }));
-        match result {
-            Ok(Ok(vectors)) => Ok(vectors.into_iter().map(Embedding::from).collect()),
-            Ok(Err(e)) => Err(EmbedError(e.to_string())),
+        self.guarded(ctx, |session| session.embed(&texts, None))
+            .and_then(|r| r.map_err(|e| EmbedError(e.to_string())))
+            .map(|vectors| vectors.into_iter().map(Embedding::from).collect())
+    }
+}
+
+impl Handler<InjectPanic> for EmbedderActor {
+    type Result = Result<(), whisper_actors::ports::StoreError>;
+
+    fn handle(&mut self, _: InjectPanic, ctx: &mut Self::Context) -> Self::Result {
+        self.guarded(ctx, |_| panic!("injected into the EmbedderActor"))
+            .map_err(|e| whisper_actors::pool::panicked("EmbedderActor", &e.0))
+    }
+}
+
+impl EmbedderActor {
+    /// Runs `body` on the session; a panic answers with an error and stops this actor, and the
+    /// SyncArbiter builds a fresh one (a new session) from its factory.
+    fn guarded<R>(
+        &mut self,
+        ctx: &mut SyncContext<Self>,
+        body: impl FnOnce(&mut TextEmbedding) -> R,
+    ) -> Result<R, EmbedError> {
+        match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| body(&mut self.session))) {
+            Ok(result) => Ok(result),
             Err(payload) => {
                 let cause = whisper_actors::supervision::panic_message(payload.as_ref());
                 tracing::error!(%cause, "the embedder panicked; restarting it with a fresh session");
@@ -200,6 +220,14 @@ impl LocalEmbedder {
 
     pub fn stats(&self) -> Arc<PoolStats> {
         self.stats.clone()
+    }
+
+    /// Test hook: makes one EmbedderActor panic inside its handler.
+    pub async fn inject_panic(&self) -> Result<(), whisper_actors::ports::StoreError> {
+        self.workers
+            .send(InjectPanic)
+            .await
+            .unwrap_or_else(|_| Err(whisper_actors::pool::panicked("EmbedderActor", "stopped")))
     }
 }
 

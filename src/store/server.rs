@@ -3,6 +3,7 @@
 
 use std::future::Future;
 use std::time::Duration;
+use whisper_actors::backoff::Backoff;
 
 use tracing::{info, warn};
 
@@ -33,10 +34,11 @@ where
     Fut: Future<Output = Result<T, E>>,
 {
     let started = tokio::time::Instant::now();
-    let mut backoff = Duration::from_millis(100);
+    let waits = Backoff::new(Duration::from_millis(100), Duration::from_secs(2));
     let mut tries = 0u32;
     loop {
         tries += 1;
+        let backoff = waits.delay(tries);
         match attempt().await {
             Ok(value) => {
                 if tries > 1 {
@@ -58,7 +60,6 @@ where
                     warn!(service, url = %redact(url), %error, "waiting for the server");
                 }
                 tokio::time::sleep(backoff).await;
-                backoff = (backoff * 2).min(Duration::from_secs(2));
             }
         }
     }

@@ -1,6 +1,6 @@
 use std::path::Path;
 
-use whisper_actors::classify::Route;
+use whisper_actors::classifier::Route;
 use whisper_actors::ports::Embedder;
 use whisperengine::config::EmbeddingSection;
 use whisperengine::embed::LocalEmbedder;

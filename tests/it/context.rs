@@ -2,7 +2,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use whisper_actors::context::{
+use whisper_actors::conversation::context::{
     ContextPiece, ContextProvider, ContextRequest, PieceKind, ProviderError, Section,
 };
 use whisper_actors::messages::ReplyStatus;

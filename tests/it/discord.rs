@@ -1058,3 +1058,38 @@ fn message_content_stays_out_of_the_logs() {
         "message content in the logs:\n{logs}"
     );
 }
+
+/// A panic in a DiscordActor handler is caught: the actor restarts under its Supervisor (the
+/// restart is counted in status as `DiscordActor (aria)`), and the next mention is answered.
+#[test]
+fn the_discord_actor_survives_a_panic() {
+    run_actix(|| async {
+        let rig = Rig::start(&["aria"], |_| {}).await;
+        let pool = |rig: &Rig| {
+            rig.app
+                .runtime()
+                .status()
+                .pools
+                .into_iter()
+                .find(|p| p.name == "DiscordActor (aria)")
+                .expect("the DiscordActor is shown in status")
+        };
+        assert_eq!((pool(&rig).size, pool(&rig).restarts), (1, 0));
+        let outbound = rig.bots.outbound("aria").expect("aria's DiscordActor");
+        let answer = outbound
+            .send(whisper_actors::pool::InjectPanic)
+            .await
+            .expect("the caller gets an answer");
+        assert!(answer.is_err(), "the panic answers with an error");
+        for _ in 0..200 {
+            if pool(&rig).restarts == 1 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        assert_eq!(pool(&rig).restarts, 1);
+        let message = rig.emu.post(rig.mention("aria", "still there?"));
+        rig.wait_reply(message, "echo: still there?").await;
+        rig.stop().await;
+    });
+}

@@ -4,13 +4,13 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use whisper_actors::jobs::{FailOutcome, JobQueue, NewJob, QueueCounts};
+use whisper_actors::jobs::{Fate, JobQueue, NewJob, QueueCounts};
 use whisper_actors::ports::{HistoryStore, Turn};
 use whisper_actors::{ConversationKey, Scope};
 use whisperengine::store::postgres::PgHistory;
-use whisperengine::store::redis_jobs::RedisJobs;
+use whisperengine::store::redis::jobs::RedisJobs;
+use whisperengine::store::sqlite::jobs::SqliteJobs;
 use whisperengine::store::sqlite::{self, SqliteHistory};
-use whisperengine::store::sqlite_jobs::SqliteJobs;
 
 use crate::support::app::{Client, extras, is_done, run_actix, settings, start};
 use crate::support::openai_server::ScriptedLlm;
@@ -271,7 +271,7 @@ fn counts(ready: u64, leased: u64, dead: u64) -> QueueCounts {
 fn new_job(id: &str, user: &str) -> NewJob {
     NewJob {
         id: id.into(),
-        kind: "test".into(),
+        kind: whisper_actors::jobs::JobKind::Summarise,
         user: user.into(),
         payload: format!("payload of {id}"),
     }
@@ -302,22 +302,16 @@ async fn jobs_contract(q: Arc<dyn JobQueue>) {
     assert_eq!(q.counts().await.unwrap(), counts(0, 1, 0));
 
     // A failure retries after its backoff, then dead-letters.
-    assert_eq!(
-        q.fail(&second, "boom", Duration::from_millis(300), 2)
-            .await
-            .unwrap(),
-        FailOutcome::Retry
-    );
+    q.fail(&second, "boom", Fate::RetryIn(Duration::from_millis(300)))
+        .await
+        .unwrap();
     assert!(q.lease(long).await.unwrap().is_none(), "not due yet");
     tokio::time::sleep(Duration::from_millis(400)).await;
     let again = q.lease(long).await.unwrap().expect("due again");
     assert_eq!((again.id.as_str(), again.attempt), (second.id.as_str(), 2));
-    assert_eq!(
-        q.fail(&again, "boom again", Duration::ZERO, 2)
-            .await
-            .unwrap(),
-        FailOutcome::DeadLettered
-    );
+    q.fail(&again, "boom again", Fate::DeadLetter)
+        .await
+        .unwrap();
     assert_eq!(q.counts().await.unwrap(), counts(0, 0, 1));
     assert!(q.lease(long).await.unwrap().is_none());
     assert!(
@@ -400,9 +394,14 @@ impl Drop for RedisPrefix {
 fn the_redis_job_queue_meets_the_contract() {
     run_actix(|| async {
         let prefix = RedisPrefix::new();
-        let queue = RedisJobs::connect("redis://127.0.0.1:6379", &prefix.0, Duration::from_secs(5))
-            .await
-            .expect("Redis on 127.0.0.1:6379");
+        let queue = RedisJobs::connect(
+            "redis://127.0.0.1:6379",
+            &prefix.0,
+            4,
+            Duration::from_secs(5),
+        )
+        .await
+        .expect("Redis on 127.0.0.1:6379");
         jobs_contract(Arc::new(queue)).await;
     });
 }
@@ -432,8 +431,8 @@ fn the_bot_runs_its_jobs_on_redis_when_configured() {
     });
 }
 
-fn new_fact(subject: &str, predicate: &str, object: &str) -> whisper_actors::facts::NewFact {
-    whisper_actors::facts::NewFact {
+fn new_fact(subject: &str, predicate: &str, object: &str) -> whisper_actors::graph::NewFact {
+    whisper_actors::graph::NewFact {
         subject: subject.into(),
         predicate: predicate.into(),
         object: object.into(),
@@ -441,9 +440,9 @@ fn new_fact(subject: &str, predicate: &str, object: &str) -> whisper_actors::fac
     }
 }
 
-async fn facts_contract(store: Arc<dyn whisper_actors::facts::FactStore>) {
+async fn facts_contract(store: Arc<dyn whisper_actors::graph::FactStore>) {
     let single = vec!["lives_in".to_owned()];
-    let triples = |facts: Vec<whisper_actors::facts::Fact>| {
+    let triples = |facts: Vec<whisper_actors::graph::Fact>| {
         let mut t: Vec<String> = facts
             .into_iter()
             .map(|f| format!("{} {} {}", f.subject, f.predicate, f.object))
@@ -541,7 +540,7 @@ fn the_sqlite_fact_store_meets_the_contract() {
         let dir = tempfile::tempdir().unwrap();
         let db = sqlite::prepare(dir.path()).unwrap();
         facts_contract(Arc::new(
-            whisperengine::store::sqlite_facts::SqliteFacts::start(db),
+            whisperengine::store::sqlite::facts::SqliteFacts::start(db, 2),
         ))
         .await;
     });
@@ -551,11 +550,12 @@ fn the_sqlite_fact_store_meets_the_contract() {
 fn the_neo4j_fact_store_meets_the_contract_on_a_real_bolt_server() {
     run_actix(|| async {
         let server = crate::support::arcadedb::ArcadeDb::start().await;
-        let store = whisperengine::store::neo4j_facts::Neo4jFacts::connect(
+        let store = whisperengine::store::neo4j::Neo4jFacts::connect(
             &server.bolt_uri,
             "root",
             crate::support::arcadedb::PASSWORD,
             crate::support::arcadedb::DATABASE,
+            4,
             Duration::from_secs(20),
         )
         .await
@@ -780,7 +780,7 @@ fn the_sqlite_memory_store_meets_the_contract() {
         let dir = tempfile::tempdir().unwrap();
         let db = sqlite::prepare(dir.path()).unwrap();
         memory_contract(Arc::new(
-            whisperengine::store::sqlite_memory::SqliteMemory::start(db, 2, 100),
+            whisperengine::store::sqlite::memory::SqliteMemory::start(db, 2, 100),
         ))
         .await;
     });
@@ -814,7 +814,7 @@ fn qdrant_collections_are_ensured_whoever_made_them() {
             crate::support::qdrant::store(&url, &prefix).await,
             crate::support::qdrant::store(&url, &prefix).await,
         );
-        let write = |store: Arc<whisperengine::store::qdrant_memory::QdrantMemory>, n: u32| async move {
+        let write = |store: Arc<whisperengine::store::qdrant::QdrantMemory>, n: u32| async move {
             use whisper_actors::memory::MemoryStore;
             store
                 .add(vec![chunk(
@@ -891,7 +891,7 @@ fn the_sqlite_memory_cache_never_doubles_or_drops_rows() {
     run_actix(|| async {
         let dir = tempfile::tempdir().unwrap();
         let db = sqlite::prepare(dir.path()).unwrap();
-        let store = whisperengine::store::sqlite_memory::SqliteMemory::start(db, 4, 10_000);
+        let store = whisperengine::store::sqlite::memory::SqliteMemory::start(db, 4, 10_000);
         for round in 0..300 {
             let user = format!("u:{round}");
             let query = || MemoryQuery {

@@ -2,7 +2,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use whisper_actors::context::{
+use whisper_actors::conversation::context::{
     ContextPiece, ContextProvider, ContextRequest, PieceKind, ProviderError, Section,
 };
 use whisper_actors::messages::{FailureKind, ReplyStatus};
@@ -106,7 +106,7 @@ async fn pool_restarts(app: &whisperengine::app::App, name: &str, restarts: u64)
 /// member is restarted and counted, and the next request to the pool works.
 #[test]
 fn memory_and_graph_actors_survive_a_panic() {
-    use whisper_actors::facts::FactStore;
+    use whisper_actors::graph::FactStore;
     use whisper_actors::memory::MemoryStore;
     use whisper_actors::pool::InjectPanic;
     run_actix(|| async {
@@ -231,9 +231,13 @@ fn the_llm_and_classifier_actors_survive_a_panic() {
         let runtime = app.runtime();
         assert!(runtime.llm().send(InjectPanic).await.unwrap().is_err());
         let classifier = runtime.classifier().expect("the fast track runs").clone();
-        assert!(classifier.send(InjectPanic).await.unwrap().is_err());
+        assert!(classifier.call(InjectPanic).await.is_err());
         wait_for(&app, "the restarts counted", |s| {
-            s.llm.restarts == 1 && s.classifier_restarts == 1
+            s.llm.restarts == 1
+                && s.classifier_restarts == 1
+                && s.pools
+                    .iter()
+                    .any(|p| p.name == "ClassifierActor" && p.restarts == 1)
         })
         .await;
         let mut kim = Client::new("aria", "test:kim");
@@ -268,6 +272,36 @@ fn a_shard_survives_a_panic_and_restarts_fresh() {
         assert!(
             prompt.contains("my boat is called Saga"),
             "history reloaded: {prompt}"
+        );
+        app.shutdown().await;
+    });
+}
+
+/// A panic inside an EmbedderActor (ONNX Runtime) answers with an error, the SyncArbiter builds
+/// a fresh session, the restart is counted on the pool, and the next message is embedded and
+/// classified again.
+#[test]
+fn the_embedder_survives_a_panic() {
+    run_actix(|| async {
+        let llm = ScriptedLlm::start().await;
+        let dir = tempfile::tempdir().unwrap();
+        let mut s = settings(dir.path(), &llm.base_url());
+        s.pools.embedder = 1;
+        let app = start(s, extras(vec![])).await;
+        let embedder = app.embedder().expect("embeddings are on");
+        assert!(embedder.inject_panic().await.is_err());
+        pool_restarts(&app, "EmbedderActor", 1).await;
+        let mut ida = Client::new("aria", "test:ida");
+        let hello = ida.ask(&app, "hi!").await;
+        assert!(is_done(&hello), "{hello:?}");
+        let route = match &hello.status {
+            ReplyStatus::Done(timings) => timings.route,
+            other => panic!("{other:?}"),
+        };
+        assert_eq!(
+            route,
+            Some(whisper_actors::classifier::Route::Fast),
+            "the fresh session embeds and the classifier routes"
         );
         app.shutdown().await;
     });

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use tokio::sync::mpsc;
-use whisper_actors::context::ContextProvider;
+use whisper_actors::conversation::context::ContextProvider;
 use whisper_actors::messages::{ReplyStatus, ReplyUpdate};
 use whisper_actors::sink::ChannelSink;
 use whisper_actors::{ConversationKey, Scope, UserMessage};

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use qdrant_client::Qdrant;
-use whisperengine::store::qdrant_memory::QdrantMemory;
+use whisperengine::store::qdrant::QdrantMemory;
 
 /// The server's URL; a test asking for it without one fails instead of passing silently.
 pub fn url() -> String {

@@ -2,13 +2,17 @@
 //!
 //! It owns the user's ordering guarantee (messages are answered strictly one after another, in
 //! arrival order) and a warm cache of their recent history and profile, so a busy conversation
-//! does not re-read the store on every message. Each turn runs as one future ([`pipeline`]);
+//! does not re-read the store on every message. Each turn runs as one future ([`turn`]);
 //! a panic anywhere inside it is caught, the user gets a short apology, and the actor is
 //! restarted by its supervisor with its mailbox and queue intact, so the next message works.
 //! Repeated crashes within the policy window escalate to the shard, which gives up on this
 //! incarnation; the user's next message starts a fresh one.
 
-pub mod pipeline;
+pub mod context;
+pub mod prompt;
+pub mod streaming;
+pub mod turn;
+mod warm;
 
 use std::cell::Cell;
 use std::collections::VecDeque;
@@ -22,16 +26,17 @@ use futures::FutureExt;
 use tracing::{debug, error, info, warn};
 
 use crate::character::CharacterSet;
-use crate::context::ContextProvider;
+use crate::conversation::context::ContextProvider;
 use crate::key::{ConversationKey, Scope};
 use crate::llm::LlmActor;
 use crate::memory::MemoryStore;
 use crate::messages::{FailureKind, ReplyStatus, ReplyUpdate, UserMessage};
-use crate::ports::{Embedder, HistoryStore, Profile, Turn};
+use crate::ports::{Embedder, HistoryStore};
 use crate::stats::RuntimeStats;
 use crate::supervision::{RestartDecision, RestartPolicy, RestartTracker, panic_message};
 
-pub use pipeline::{TurnInput, TurnReport};
+pub use turn::{TurnInput, TurnReport};
+use warm::WarmState;
 
 pub(crate) const CRASH_APOLOGY: &str =
     "Sorry, something went wrong on my side while answering. Please send that again.";
@@ -56,8 +61,8 @@ pub struct ConversationDeps {
     pub embedder: Option<Arc<dyn Embedder>>,
     /// Where turns are remembered (with `embedder`).
     pub memory: Option<Arc<dyn MemoryStore>>,
-    /// Durable background jobs (memories, fact extraction); without it memories are stored
-    /// inline after the reply.
+    /// Durable background jobs (memories, summaries, fact extraction); without it (tests of the
+    /// reply path alone) nothing is remembered after the reply.
     pub jobs: Option<Arc<crate::jobs::JobSystem>>,
     /// Ask the LLM for facts after full-path messages.
     pub extract_facts: bool,
@@ -102,70 +107,6 @@ pub struct ShardLink {
     pub deps: Arc<ConversationDeps>,
     pub finished: Recipient<TurnFinished>,
     pub escalated: Recipient<ConversationEscalated>,
-}
-
-/// Cached state: reloaded from the store after a restart or passivation. Kept compact: an
-/// idle actor's size is paid once per user, 100k times over on a big server. History is kept
-/// per scope in a small vector (nearly every conversation has exactly one scope), and turns
-/// drop what the actor already knows (its key and the scope).
-#[derive(Default)]
-struct WarmState {
-    history: Vec<(Scope, Vec<CachedTurn>)>,
-    /// `Some(None)`: known to have no profile yet.
-    profile: Option<Option<Box<Profile>>>,
-}
-
-struct CachedTurn {
-    user_message: Box<str>,
-    reply: Box<str>,
-    created_at_ms: i64,
-    replied_at_ms: i64,
-}
-
-impl From<Turn> for CachedTurn {
-    fn from(turn: Turn) -> Self {
-        CachedTurn {
-            user_message: turn.user_message.into_boxed_str(),
-            reply: turn.reply.into_boxed_str(),
-            created_at_ms: turn.created_at_ms,
-            replied_at_ms: turn.replied_at_ms,
-        }
-    }
-}
-
-impl WarmState {
-    fn history_for(&self, key: &ConversationKey, scope: &Scope) -> Option<Vec<Turn>> {
-        let (_, turns) = self.history.iter().find(|(s, _)| s == scope)?;
-        Some(
-            turns
-                .iter()
-                .map(|t| Turn {
-                    key: key.clone(),
-                    scope: scope.clone(),
-                    user_message: t.user_message.to_string(),
-                    reply: t.reply.to_string(),
-                    created_at_ms: t.created_at_ms,
-                    replied_at_ms: t.replied_at_ms,
-                })
-                .collect(),
-        )
-    }
-
-    fn set_history(&mut self, scope: &Scope, turns: Vec<Turn>) {
-        let turns = turns.into_iter().map(CachedTurn::from).collect();
-        self.history.retain(|(s, _)| s != scope);
-        self.history.push((scope.clone(), turns));
-    }
-
-    /// Appends to a loaded cache only: extending a partial one would hide older turns.
-    fn push_turn(&mut self, scope: &Scope, turn: Turn, limit: usize) {
-        if let Some((_, turns)) = self.history.iter_mut().find(|(s, _)| s == scope) {
-            turns.push(turn.into());
-            let excess = turns.len().saturating_sub(limit);
-            turns.drain(..excess);
-            turns.shrink_to_fit();
-        }
-    }
 }
 
 /// Restart bookkeeping, allocated on the first crash only (most conversations never crash).
@@ -259,8 +200,7 @@ impl ConversationActor {
             message: msg,
             final_sent,
         };
-        let turn =
-            AssertUnwindSafe(pipeline::run_turn(self.link.deps.clone(), input)).catch_unwind();
+        let turn = AssertUnwindSafe(turn::run_turn(self.link.deps.clone(), input)).catch_unwind();
         ctx.spawn(turn.into_actor(self).map(|result, act, ctx| match result {
             Ok(report) => act.finish(report, ctx),
             Err(payload) => act.crashed(panic_message(payload.as_ref()), ctx),
@@ -403,22 +343,15 @@ impl Handler<GoingIdle> for ConversationActor {
         if min == 0 || u64::from(turns) < min {
             return;
         }
-        let at_ms = pipeline::unix_ms();
+        let at_ms = crate::clock::unix_ms();
         let payload = crate::memory::Summarise {
             key: self.key.clone(),
             scope,
             turns: turns as usize,
             at_ms,
         };
-        let job = crate::jobs::NewJob {
-            id: format!(
-                "summarise:idle:{}:{}:{at_ms}",
-                self.key.character, self.key.user
-            ),
-            kind: "summarise".to_owned(),
-            user: self.key.user.to_string(),
-            payload: serde_json::to_string(&payload).expect("job payloads serialise"),
-        };
+        let id = format!("idle:{}:{}:{at_ms}", self.key.character, self.key.user);
+        let job = crate::jobs::NewJob::of(&id, self.key.user.to_string(), &payload);
         let (key, stats) = (self.key.clone(), deps.stats.clone());
         ctx.spawn(
             async move {

@@ -16,10 +16,10 @@ use std::time::{Duration, Instant};
 use async_trait::async_trait;
 use lru::LruCache;
 use whisper_actors::Scope;
-use whisper_actors::context::{
+use whisper_actors::conversation::context::{
     ContextPiece, ContextProvider, ContextRequest, PieceKind, ProviderError, Section,
 };
-use whisper_actors::prompt::estimate_tokens;
+use whisper_actors::conversation::prompt::estimate_tokens;
 
 use super::inbound::user_key;
 use super::lock;

@@ -63,7 +63,7 @@ pub async fn facts(ctx: Ctx<'_>) -> Result<(), Error> {
     let text = if facts.is_empty() {
         "I don't know any facts about you yet.".to_owned()
     } else {
-        whisper_actors::facts::describe_facts(&facts)
+        whisper_actors::graph::describe_facts(&facts)
     };
     ctx.say(clip(&text, 1900)).await?;
     Ok(())
@@ -110,7 +110,7 @@ pub async fn profile(ctx: Ctx<'_>) -> Result<(), Error> {
         None => "We haven't talked yet.".to_owned(),
         Some(p) => {
             let days = ((p.last_seen_ms - p.first_seen_ms).max(0) / 86_400_000) as u64;
-            let trust = whisper_actors::prompt::trust(p.message_count, days);
+            let trust = whisper_actors::conversation::prompt::trust(p.message_count, days);
             let facts = data.control.data().facts(&user).await?.len();
             format!(
                 "You're {}. We've exchanged {} messages over {} days; familiarity {:.0}%. \

@@ -11,10 +11,12 @@
 pub mod channel;
 pub mod commands;
 pub mod inbound;
+pub mod limiter;
 pub mod outbound;
 pub mod policy;
 pub mod rest;
 pub mod split;
+mod writer;
 
 use std::sync::Arc;
 
@@ -25,7 +27,8 @@ use tracing::{debug, info, warn};
 use crate::app::App;
 use crate::config::Settings;
 use inbound::Bot;
-use outbound::{ChannelLimiter, DiscordActor};
+use outbound::ChannelLimiter;
+pub use outbound::DiscordActor;
 use policy::Access;
 
 #[derive(Debug, thiserror::Error)]
@@ -47,9 +50,17 @@ fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
+/// One bot: its character, gateway shards, client task and DiscordActor.
+struct RunningBot {
+    character: String,
+    manager: Arc<ShardManager>,
+    task: tokio::task::JoinHandle<()>,
+    outbound: Addr<DiscordActor>,
+}
+
 /// The running bots.
 pub struct DiscordBots {
-    bots: Vec<(String, Arc<ShardManager>, tokio::task::JoinHandle<()>)>,
+    bots: Vec<RunningBot>,
     _arbiter: Arbiter,
 }
 
@@ -93,8 +104,9 @@ pub async fn start(app: &App, settings: &Settings) -> Result<DiscordBots, Discor
         let shared_rest = Arc::new(std::sync::OnceLock::new());
         let outbound = {
             let (rest, limiter) = (shared_rest.clone(), limiter.clone());
-            DiscordActor::start_in_arbiter(&arbiter.handle(), move |_| {
-                DiscordActor::new(rest, limiter, edit_interval)
+            let stats = app.discord_stats(character);
+            actix::Supervisor::start_in_arbiter(&arbiter.handle(), move |_| {
+                DiscordActor::new(stats, rest, limiter, edit_interval)
             })
         };
         let handler = Bot {
@@ -104,7 +116,7 @@ pub async fn start(app: &App, settings: &Settings) -> Result<DiscordBots, Discor
             )),
             access: access.clone(),
             router: router.clone(),
-            outbound,
+            outbound: outbound.clone(),
             limiter: limiter.clone(),
             log: app.channel_log(),
             max_attachment_bytes: section.max_attachment_bytes,
@@ -161,7 +173,12 @@ pub async fn start(app: &App, settings: &Settings) -> Result<DiscordBots, Discor
             }
         });
         info!(character = %character, "Discord bot starting");
-        bots.push((character.clone(), manager, task));
+        bots.push(RunningBot {
+            character: character.clone(),
+            manager,
+            task,
+            outbound,
+        });
     }
     Ok(DiscordBots {
         bots,
@@ -170,9 +187,23 @@ pub async fn start(app: &App, settings: &Settings) -> Result<DiscordBots, Discor
 }
 
 impl DiscordBots {
+    /// The DiscordActor of `character`'s bot.
+    pub fn outbound(&self, character: &str) -> Option<Addr<DiscordActor>> {
+        self.bots
+            .iter()
+            .find(|bot| bot.character == character)
+            .map(|bot| bot.outbound.clone())
+    }
+
     /// Closes every gateway connection.
     pub async fn shutdown(self) {
-        for (character, manager, task) in self.bots {
+        for RunningBot {
+            character,
+            manager,
+            task,
+            ..
+        } in self.bots
+        {
             manager.shutdown_all().await;
             task.abort();
             info!(%character, "Discord bot stopped");

@@ -1,0 +1,228 @@
+//! Facts about the user: a small per-user graph of (subject) -[predicate]-> (object) edges with
+//! confidence, source message and a validity interval. A correction closes the old edge rather
+//! than deleting it; single-valued predicates keep one current value.
+//!
+//! Selection for the prompt (current facts about the user, facts about entities named in the
+//! message, and their neighbours up to two hops) is done here over the user's current edges, so
+//! every store recalls the same way. Extraction is a background job that asks the LLM for JSON.
+
+mod actor;
+mod extract;
+mod provider;
+
+pub use actor::{CurrentFacts, ForgetFacts, GraphActor, GraphPool, UpsertFacts};
+pub use extract::{ExtractFacts, FactExtraction, parse_facts};
+pub use provider::FactProvider;
+
+use std::collections::{HashSet, VecDeque};
+
+use async_trait::async_trait;
+use serde::{Deserialize, Serialize};
+
+use crate::ports::StoreError;
+
+/// The user themself, as a subject.
+pub const USER: &str = "user";
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Fact {
+    pub subject: String,
+    pub predicate: String,
+    pub object: String,
+    pub confidence: f32,
+    pub source: String,
+    pub valid_from_ms: i64,
+    pub valid_to_ms: Option<i64>,
+}
+
+/// A fact as extracted, before it meets the graph.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NewFact {
+    pub subject: String,
+    pub predicate: String,
+    pub object: String,
+    pub confidence: f32,
+}
+
+impl NewFact {
+    /// The graph's one spelling of a fact, whatever the backend: the user is always `user`
+    /// (however the model capitalised it), and names and values carry no stray whitespace.
+    /// Entities still compare case-insensitively in the stores ("Rex" and "rex" are one dog).
+    pub fn normalised(self) -> Self {
+        let subject = self.subject.trim();
+        Self {
+            subject: if subject.eq_ignore_ascii_case(USER) {
+                USER.to_owned()
+            } else {
+                subject.to_owned()
+            },
+            predicate: self.predicate.trim().to_owned(),
+            object: self.object.trim().to_owned(),
+            confidence: self.confidence,
+        }
+    }
+}
+
+#[async_trait]
+pub trait FactStore: Send + Sync + 'static {
+    /// Adds facts; for single-valued predicates a different current value is closed (its
+    /// `valid_to_ms` set), the same value is kept.
+    async fn upsert(
+        &self,
+        user: &str,
+        facts: Vec<NewFact>,
+        source: &str,
+        single_valued: &[String],
+        now_ms: i64,
+    ) -> Result<usize, StoreError>;
+    /// All current (not closed) facts of the user.
+    async fn current(&self, user: &str) -> Result<Vec<Fact>, StoreError>;
+    async fn forget_user(&self, user: &str) -> Result<u64, StoreError>;
+}
+
+/// Facts as the model (and the user) reads them: "- Ana lives in Porto", one per line.
+pub fn describe_facts(facts: &[Fact]) -> String {
+    facts
+        .iter()
+        .map(|f| {
+            format!(
+                "- {} {} {}",
+                f.subject,
+                f.predicate.replace('_', " "),
+                f.object
+            )
+        })
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+fn mentions(text: &str, name: &str) -> bool {
+    crate::text::contains_words(text, &name.to_lowercase())
+}
+
+/// Facts for the prompt: everything current about the user, plus edges around entities the
+/// message names, up to `hops` away.
+pub fn select(facts: &[Fact], message: &str, hops: usize) -> Vec<Fact> {
+    neighbourhood(facts, message, hops, true)
+}
+
+/// Facts around one entity (the `lookup_facts` tool): the edges that touch it and their
+/// neighbours up to `hops` away. "user", "me" or "I" mean the user themself.
+pub fn about(facts: &[Fact], entity: &str, hops: usize) -> Vec<Fact> {
+    let entity = entity.trim();
+    if ["user", "me", "i", "myself"].contains(&entity.to_lowercase().as_str()) {
+        return facts
+            .iter()
+            .filter(|f| f.subject == USER)
+            .cloned()
+            .collect();
+    }
+    neighbourhood(facts, entity, hops, false)
+}
+
+fn neighbourhood(facts: &[Fact], message: &str, hops: usize, with_user: bool) -> Vec<Fact> {
+    let text = message.to_lowercase();
+    let mut selected: Vec<usize> = (0..facts.len())
+        .filter(|&i| with_user && facts[i].subject == USER)
+        .collect();
+    let mut seen: HashSet<String> = HashSet::new();
+    let mut frontier: VecDeque<(String, usize)> = VecDeque::new();
+    for f in facts {
+        for entity in [&f.subject, &f.object] {
+            if entity != USER && mentions(&text, entity) && seen.insert(entity.to_lowercase()) {
+                frontier.push_back((entity.to_lowercase(), 0));
+            }
+        }
+    }
+    while let Some((entity, depth)) = frontier.pop_front() {
+        for (i, f) in facts.iter().enumerate() {
+            let (s, o) = (f.subject.to_lowercase(), f.object.to_lowercase());
+            if s == entity || o == entity {
+                if !selected.contains(&i) {
+                    selected.push(i);
+                }
+                let other = if s == entity { o } else { s };
+                if depth + 1 < hops && other != USER && seen.insert(other.clone()) {
+                    frontier.push_back((other, depth + 1));
+                }
+            }
+        }
+    }
+    selected.into_iter().map(|i| facts[i].clone()).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_user_has_one_spelling_and_names_no_padding() {
+        let fact = NewFact {
+            subject: " User ".into(),
+            predicate: " lives_in".into(),
+            object: " Lisbon ".into(),
+            confidence: 0.9,
+        }
+        .normalised();
+        assert_eq!(
+            (
+                fact.subject.as_str(),
+                fact.predicate.as_str(),
+                fact.object.as_str()
+            ),
+            (USER, "lives_in", "Lisbon")
+        );
+        let dog = NewFact {
+            subject: "Rex ".into(),
+            ..fact
+        }
+        .normalised();
+        assert_eq!(dog.subject, "Rex");
+    }
+
+    fn fact(s: &str, p: &str, o: &str) -> Fact {
+        Fact {
+            subject: s.into(),
+            predicate: p.into(),
+            object: o.into(),
+            confidence: 1.0,
+            source: String::new(),
+            valid_from_ms: 0,
+            valid_to_ms: None,
+        }
+    }
+
+    #[test]
+    fn selection_follows_named_entities_two_hops() {
+        let facts = vec![
+            fact(USER, "lives_in", "Lisbon"),
+            fact(USER, "has_sibling", "Ana"),
+            fact("Ana", "lives_in", "Porto"),
+            fact("Porto", "is_in", "Portugal"),
+            fact("Portugal", "uses", "Euro"),
+            fact("Bob", "likes", "Chess"),
+        ];
+        let picked = select(&facts, "How is Ana doing?", 2);
+        let objects: Vec<&str> = picked.iter().map(|f| f.object.as_str()).collect();
+        assert_eq!(objects, vec!["Lisbon", "Ana", "Porto", "Portugal"]);
+        assert!(!objects.contains(&"Euro"), "three hops away");
+        assert!(!objects.contains(&"Chess"), "not mentioned");
+        assert_eq!(select(&facts, "Anathema", 2).len(), 2, "whole words only");
+    }
+
+    #[test]
+    fn extraction_output_is_validated() {
+        let ok = parse_facts("Sure! [{\"subject\":\"user\",\"predicate\":\"lives_in\",\"object\":\"Lisbon\",\"confidence\":0.9}]").unwrap();
+        assert_eq!(ok[0].object, "Lisbon");
+        assert!(parse_facts("I think you live in Lisbon").is_err());
+        assert!(parse_facts("[{\"subject\":\"user\",\"predicate\":\"Lives In\",\"object\":\"x\",\"confidence\":0.9}]").is_err());
+        assert!(
+            parse_facts(
+                "[{\"subject\":\"user\",\"predicate\":\"x\",\"object\":\"y\",\"confidence\":3}]"
+            )
+            .is_err()
+        );
+        assert!(parse_facts("[{\"subject\":\"user\",\"predicate\":\"x\"}]").is_err());
+    }
+}

@@ -1,0 +1,43 @@
+//! The fact context provider: what the graph knows that the message touches.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+
+use super::*;
+use crate::conversation::context::{
+    ContextPiece, ContextProvider, ContextRequest, PieceKind, ProviderError, Section,
+};
+
+pub struct FactProvider {
+    pub store: Arc<dyn FactStore>,
+    pub hops: usize,
+    pub deadline: Duration,
+}
+
+#[async_trait]
+impl ContextProvider for FactProvider {
+    fn name(&self) -> &'static str {
+        "facts"
+    }
+    fn kind(&self) -> PieceKind {
+        PieceKind::Section
+    }
+    fn deadline(&self) -> Duration {
+        self.deadline
+    }
+    async fn fetch(&self, request: &ContextRequest) -> Result<ContextPiece, ProviderError> {
+        let facts = self.store.current(&request.key.user).await?;
+        let selected = select(&facts, &request.text, self.hops);
+        let body = if selected.is_empty() {
+            "None known yet.".to_owned()
+        } else {
+            describe_facts(&selected)
+        };
+        Ok(ContextPiece::Section(Section {
+            title: "Facts about the user".into(),
+            body,
+        }))
+    }
+}

@@ -1,0 +1,273 @@
+//! Long-term memory: types, the scope rule, re-ranking, and the context provider.
+//!
+//! Stores (SQLite embedded, Qdrant in server mode) only return candidates by cosine similarity
+//! within one user's partition and allowed scopes; the re-ranking and formatting here are shared
+//! so every backend recalls the same way.
+
+mod actor;
+mod provider;
+mod remember;
+mod summarise;
+
+pub use crate::text::chunk;
+pub use actor::{ForgetMemories, ListMemories, MemoryActor, MemoryPool, Recall, Remember};
+pub use provider::MemoryProvider;
+pub use remember::{MemorySettings, RememberTurn, RememberTurnHandler, importance, remember_turn};
+pub use summarise::{Summarise, SummariseHandler};
+
+use std::time::Duration;
+
+use async_trait::async_trait;
+use serde::{Deserialize, Serialize};
+
+use crate::key::{ConversationKey, Scope};
+use crate::ports::{Embedding, StoreError};
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum MemoryKind {
+    /// Something the user said.
+    Message,
+    /// Something the character replied.
+    Reply,
+    /// A summary of a past session.
+    Summary,
+}
+
+impl MemoryKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            MemoryKind::Message => "message",
+            MemoryKind::Reply => "reply",
+            MemoryKind::Summary => "summary",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "message" => Some(MemoryKind::Message),
+            "reply" => Some(MemoryKind::Reply),
+            "summary" => Some(MemoryKind::Summary),
+            _ => None,
+        }
+    }
+}
+
+/// One stored chunk. Long texts are split into chunks sharing a `group`; retrieval re-joins them.
+#[derive(Clone, Debug)]
+pub struct MemoryChunk {
+    pub key: ConversationKey,
+    pub scope: Scope,
+    pub kind: MemoryKind,
+    pub group: String,
+    pub chunk: u32,
+    pub text: String,
+    pub importance: f32,
+    pub created_at_ms: i64,
+    pub vector: Embedding,
+}
+
+/// A candidate from a store: similarity only; ranking happens in [`rank`].
+#[derive(Clone, Debug)]
+pub struct Candidate {
+    pub group: String,
+    pub kind: MemoryKind,
+    pub scope: Scope,
+    /// The whole (re-joined) text.
+    pub text: String,
+    pub importance: f32,
+    pub created_at_ms: i64,
+    pub similarity: f32,
+}
+
+#[derive(Clone, Debug)]
+pub struct MemoryQuery {
+    pub key: ConversationKey,
+    pub scopes: AllowedScopes,
+    pub vector: Embedding,
+    /// Candidates to return before re-ranking.
+    pub limit: usize,
+}
+
+/// Which scopes' memories may be recalled where.
+#[derive(Clone, Debug, PartialEq)]
+pub enum AllowedScopes {
+    /// Only this scope.
+    Only(Scope),
+    /// This DM plus every guild (the user's own guild memories follow them into DMs).
+    DirectAndGuilds,
+}
+
+impl AllowedScopes {
+    /// The default rule: DM memories stay in the DM; guild memories are recalled in that guild
+    /// and in the user's DMs with the same character (if `guild_memories_in_dm`).
+    pub fn for_scope(scope: &Scope, guild_memories_in_dm: bool) -> Self {
+        match scope {
+            Scope::Direct if guild_memories_in_dm => AllowedScopes::DirectAndGuilds,
+            other => AllowedScopes::Only(other.clone()),
+        }
+    }
+
+    pub fn allows(&self, scope: &Scope) -> bool {
+        match self {
+            AllowedScopes::Only(s) => s == scope,
+            AllowedScopes::DirectAndGuilds => matches!(scope, Scope::Direct | Scope::Guild(_)),
+        }
+    }
+}
+
+#[async_trait]
+pub trait MemoryStore: Send + Sync + 'static {
+    async fn add(&self, chunks: Vec<MemoryChunk>) -> Result<(), StoreError>;
+    /// Candidates by cosine similarity within `query.key`'s own memories and allowed scopes.
+    async fn search(&self, query: MemoryQuery) -> Result<Vec<Candidate>, StoreError>;
+    /// The newest `limit` memories of one conversation, re-joined, newest first.
+    async fn list(&self, key: &ConversationKey, limit: usize)
+    -> Result<Vec<Candidate>, StoreError>;
+    /// Deletes every memory of `user` (all characters, all scopes) and its cache entries.
+    async fn forget_user(&self, user: &str) -> Result<u64, StoreError>;
+}
+
+#[derive(Clone, Debug)]
+pub struct RankSettings {
+    pub top_k: usize,
+    pub min_similarity: f32,
+    pub recency_half_life: Duration,
+    /// How much recency and importance can lower a score (0: ignored, 1: fully).
+    pub recency_weight: f32,
+    pub importance_weight: f32,
+}
+
+/// Similarity × recency decay × importance, deduplicated by text, best `top_k` first.
+/// "Newest first", the same in every store: by creation time, then (for memories made in the
+/// same millisecond, like a summary and the reply it ends with) by group id, descending. No
+/// store's own tie-break (insertion order, point ids) decides what a listing shows.
+pub fn newest_first(a_ms: i64, a_group: &str, b_ms: i64, b_group: &str) -> std::cmp::Ordering {
+    b_ms.cmp(&a_ms).then_with(|| b_group.cmp(a_group))
+}
+
+pub fn rank(
+    mut candidates: Vec<Candidate>,
+    settings: &RankSettings,
+    now_ms: i64,
+) -> Vec<(f32, Candidate)> {
+    let half_life_ms = settings.recency_half_life.as_millis().max(1) as f64;
+    let mut scored: Vec<(f32, Candidate)> = candidates
+        .drain(..)
+        .filter(|c| c.similarity >= settings.min_similarity)
+        .map(|c| {
+            let age = (now_ms - c.created_at_ms).max(0) as f64;
+            let decay = 0.5f64.powf(age / half_life_ms) as f32;
+            let recency = 1.0 - settings.recency_weight + settings.recency_weight * decay;
+            let importance = 1.0 - settings.importance_weight
+                + settings.importance_weight * c.importance.clamp(0.0, 1.0);
+            (c.similarity * recency * importance, c)
+        })
+        .collect();
+    scored.sort_by(|a, b| b.0.total_cmp(&a.0));
+    let mut seen = std::collections::HashSet::new();
+    scored.retain(|(_, c)| seen.insert(c.text.trim().to_lowercase()));
+    scored.truncate(settings.top_k);
+    scored
+}
+
+/// Memories as the model reads them: one line each, with their age and who said it.
+pub fn describe_memories<'a>(memories: impl Iterator<Item = &'a Candidate>, now_ms: i64) -> String {
+    memories
+        .map(|c| {
+            let who = match c.kind {
+                MemoryKind::Message => "the user said",
+                MemoryKind::Reply => "you said",
+                MemoryKind::Summary => "summary",
+            };
+            format!(
+                "- ({}) {who}: {}",
+                describe_age(now_ms, c.created_at_ms),
+                c.text
+            )
+        })
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+pub fn describe_age(now_ms: i64, then_ms: i64) -> String {
+    let days = (now_ms - then_ms).max(0) / 86_400_000;
+    match days {
+        0 => "today".into(),
+        1 => "yesterday".into(),
+        n => format!("{n} days ago"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn candidate(text: &str, similarity: f32, age_days: i64, importance: f32) -> Candidate {
+        Candidate {
+            group: text.into(),
+            kind: MemoryKind::Message,
+            scope: Scope::Direct,
+            text: text.into(),
+            importance,
+            created_at_ms: 100 * 86_400_000 - age_days * 86_400_000,
+            similarity,
+        }
+    }
+
+    fn settings() -> RankSettings {
+        RankSettings {
+            top_k: 3,
+            min_similarity: 0.2,
+            recency_half_life: Duration::from_secs(30 * 86_400),
+            recency_weight: 0.3,
+            importance_weight: 0.3,
+        }
+    }
+
+    #[test]
+    fn ranking_weighs_recency_and_importance_and_dedups() {
+        let now = 100 * 86_400_000;
+        let ranked = rank(
+            vec![
+                candidate("old but similar", 0.80, 365, 0.5),
+                candidate("recent and similar", 0.78, 1, 0.5),
+                candidate("Recent and similar", 0.77, 1, 0.5),
+                candidate("unrelated", 0.1, 0, 1.0),
+                candidate("important", 0.70, 1, 1.0),
+            ],
+            &settings(),
+            now,
+        );
+        let texts: Vec<&str> = ranked.iter().map(|(_, c)| c.text.as_str()).collect();
+        assert_eq!(
+            texts,
+            vec!["important", "recent and similar", "old but similar"]
+        );
+    }
+
+    #[test]
+    fn the_scope_rule() {
+        let dm = AllowedScopes::for_scope(&Scope::Direct, true);
+        assert!(dm.allows(&Scope::Direct) && dm.allows(&Scope::Guild(7)));
+        let guild = AllowedScopes::for_scope(&Scope::Guild(7), true);
+        assert!(guild.allows(&Scope::Guild(7)));
+        assert!(
+            !guild.allows(&Scope::Direct),
+            "a DM never leaks into a guild"
+        );
+        assert!(!guild.allows(&Scope::Guild(8)));
+        assert!(!AllowedScopes::for_scope(&Scope::Direct, false).allows(&Scope::Guild(7)));
+    }
+
+    #[test]
+    fn long_texts_are_chunked() {
+        let text = (0..25)
+            .map(|i| format!("w{i}"))
+            .collect::<Vec<_>>()
+            .join(" ");
+        let chunks = chunk(&text, 10);
+        assert_eq!(chunks.len(), 3);
+        assert_eq!(chunks.join(" "), text);
+    }
+}

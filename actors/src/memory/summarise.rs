@@ -1,0 +1,106 @@
+//! The summary job: every few turns (or when a conversation idles) the model condenses them into one memory.
+
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use serde::{Deserialize, Serialize};
+
+use crate::key::{ConversationKey, Scope};
+
+use super::*;
+
+/// Payload of a `summarise` job: summarise the last `turns` turns of a conversation.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Summarise {
+    pub key: ConversationKey,
+    pub scope: Scope,
+    pub turns: usize,
+    pub at_ms: i64,
+}
+
+impl crate::jobs::Payload for Summarise {
+    const KIND: crate::jobs::JobKind = crate::jobs::JobKind::Summarise;
+}
+
+const SUMMARY_PROMPT: &str = "Summarise this conversation between a user and an AI character \
+in two or three sentences, from the character's point of view, keeping what matters for later: \
+facts about the user, plans, feelings, promises. Answer with the summary only.";
+
+/// The `summarise` job: asks the LLM (background lane) for a summary of recent turns and stores
+/// it as a `summary` memory, recalled like any other memory.
+pub struct SummariseHandler {
+    pub history: Arc<dyn crate::ports::HistoryStore>,
+    pub store: Arc<dyn MemoryStore>,
+    pub embedder: Arc<dyn crate::ports::Embedder>,
+    pub llm: actix::Addr<crate::llm::LlmActor>,
+    pub model: Option<String>,
+}
+
+#[async_trait]
+impl crate::jobs::JobHandler for SummariseHandler {
+    fn kind(&self) -> crate::jobs::JobKind {
+        <Summarise as crate::jobs::Payload>::KIND
+    }
+
+    async fn run(&self, job: &crate::jobs::Job) -> Result<(), crate::jobs::JobError> {
+        use crate::jobs::JobError;
+        use crate::ports::{ChatMessage, ChatRequest, Role};
+        let input: Summarise = job.payload()?;
+        let turns = self
+            .history
+            .recent_turns(&input.key, &input.scope, input.turns)
+            .await
+            .map_err(|e| JobError::new(e.to_string()))?;
+        if turns.is_empty() {
+            return Ok(());
+        }
+        let transcript = turns
+            .iter()
+            .map(|t| format!("User: {}\nCharacter: {}", t.user_message, t.reply))
+            .collect::<Vec<_>>()
+            .join("\n");
+        let request = ChatRequest {
+            model: self.model.clone(),
+            messages: vec![
+                ChatMessage::new(Role::System, SUMMARY_PROMPT),
+                ChatMessage::new(Role::User, transcript),
+            ],
+            temperature: 0.2,
+            top_p: None,
+            frequency_penalty: None,
+            presence_penalty: None,
+            max_tokens: 160,
+            tools: Vec::new(),
+            tool_choice: Default::default(),
+        };
+        let summary = crate::llm::complete_in_background(&self.llm, request)
+            .await
+            .map_err(|e| JobError::new(e.to_string()))?;
+        let summary = summary.trim().to_owned();
+        if summary.is_empty() {
+            return Err(JobError::new("empty summary"));
+        }
+        let vector = self
+            .embedder
+            .embed(vec![summary.clone()])
+            .await
+            .map_err(|e| JobError::new(e.to_string()))?
+            .pop()
+            .ok_or_else(|| JobError::new("no vector for the summary"))?;
+        self.store
+            .add(vec![MemoryChunk {
+                key: input.key.clone(),
+                scope: input.scope.clone(),
+                kind: MemoryKind::Summary,
+                // One summary per job: a re-run after a crash stores nothing twice.
+                group: format!("summary:{}", job.id),
+                chunk: 0,
+                text: summary,
+                importance: importance(MemoryKind::Summary, ""),
+                created_at_ms: input.at_ms,
+                vector,
+            }])
+            .await
+            .map_err(|e| JobError::new(e.to_string()))
+    }
+}

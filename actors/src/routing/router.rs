@@ -1,0 +1,136 @@
+//! The ShardRouter: maps `(character, user)` to a shard on the consistent-hash ring.
+//!
+//! It is a cheap, cloneable handle rather than an actor: routing is a pure function of the key,
+//! and putting it behind a mailbox would funnel every message in the process through one thread.
+//! Transports call [`ShardRouter::route`] directly from wherever they run.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use actix::{Addr, WeakAddr};
+
+use crate::character::CharacterSet;
+use crate::conversation::ConversationActor;
+use crate::key::ConversationKey;
+use crate::messages::UserMessage;
+use crate::routing::ring::HashRing;
+use crate::routing::shard::{ForgetUser, Route, Shard};
+use crate::stats::RuntimeStats;
+
+#[derive(Debug, thiserror::Error, PartialEq)]
+pub enum RouteError {
+    #[error("unknown character {0:?}")]
+    UnknownCharacter(String),
+    #[error("the runtime is shutting down")]
+    ShuttingDown,
+    #[error("shard {0} is not running")]
+    ShardDown(usize),
+}
+
+#[derive(Clone)]
+pub struct ShardRouter {
+    ring: Arc<HashRing>,
+    shards: Arc<[Addr<Shard>]>,
+    characters: CharacterSet,
+    stats: Arc<RuntimeStats>,
+    accepting: Arc<AtomicBool>,
+}
+
+impl ShardRouter {
+    pub(crate) fn new(
+        ring: HashRing,
+        shards: Vec<Addr<Shard>>,
+        characters: CharacterSet,
+        stats: Arc<RuntimeStats>,
+    ) -> Self {
+        Self {
+            ring: Arc::new(ring),
+            shards: shards.into(),
+            characters,
+            stats,
+            accepting: Arc::new(AtomicBool::new(true)),
+        }
+    }
+
+    pub fn shard_of(&self, key: &ConversationKey) -> usize {
+        self.ring.shard_for(&key.character, &key.user) as usize
+    }
+
+    pub fn characters(&self) -> &CharacterSet {
+        &self.characters
+    }
+
+    /// Hands a message to its conversation. Returns at once; the reply arrives at
+    /// `msg.reply_to`. Messages from one sender to one user keep their order.
+    pub fn route(&self, mut msg: UserMessage) -> Result<(), RouteError> {
+        if !self.accepting.load(Ordering::Acquire) {
+            return Err(RouteError::ShuttingDown);
+        }
+        let Some(character) = self.characters.interned_id(&msg.key.character) else {
+            return Err(RouteError::UnknownCharacter(msg.key.character.to_string()));
+        };
+        msg.key.character = character.clone();
+        let shard = self.shard_of(&msg.key);
+        let addr = &self.shards[shard];
+        if !addr.connected() {
+            return Err(RouteError::ShardDown(shard));
+        }
+        self.stats.pipeline.messages.inc();
+        addr.do_send(Route(msg));
+        Ok(())
+    }
+
+    /// Drops the user's conversation actors on every shard (their cached history and profile
+    /// with them). Part of "forget me"; the stores are cleared by the caller, after
+    /// [`Forgotten::finished`], so a turn still in flight cannot write behind the delete.
+    pub async fn forget_user(&self, user: &str) -> Forgotten {
+        let replies = futures::future::join_all(
+            self.shards
+                .iter()
+                .map(|shard| shard.send(ForgetUser(user.to_owned()))),
+        )
+        .await;
+        Forgotten {
+            leaving: replies
+                .into_iter()
+                .flat_map(Result::unwrap_or_default)
+                .collect(),
+        }
+    }
+
+    pub(crate) fn stop_accepting(&self) {
+        self.accepting.store(false, Ordering::Release);
+    }
+
+    pub fn shards(&self) -> &[Addr<Shard>] {
+        &self.shards
+    }
+}
+
+/// The conversations "forget me" dropped. An actor finishing a turn it had started stays
+/// alive (and upgradable) until that turn is stored and its jobs enqueued.
+pub struct Forgotten {
+    leaving: Vec<WeakAddr<ConversationActor>>,
+}
+
+impl Forgotten {
+    /// Conversations that were live.
+    pub fn count(&self) -> usize {
+        self.leaving.len()
+    }
+
+    /// Waits until every dropped conversation has stopped, up to `timeout`; returns whether
+    /// they all did.
+    pub async fn finished(&self, timeout: std::time::Duration) -> bool {
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            if self.leaving.iter().all(|a| a.upgrade().is_none()) {
+                return true;
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return false;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+    }
+}

@@ -1,0 +1,140 @@
+//! The core crate's own tests: real actors (routed pools, job workers) over in-memory doubles.
+
+mod doubles;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use whisper_actors::jobs::{
+    Fate, Job, JobError, JobHandler, JobKind, JobQueue, JobSettings, JobSystem, JobWorker, NewJob,
+};
+use whisper_actors::key::{ConversationKey, Scope};
+use whisper_actors::memory::{MemoryChunk, MemoryKind, MemoryPool, MemoryQuery, MemoryStore};
+use whisper_actors::pool::InjectPanic;
+use whisper_actors::stats::PoolStats;
+
+use doubles::{MemoryQueue, MemoryVec};
+
+/// Panics on a payload that says so, succeeds otherwise.
+struct PanicOnDemand;
+
+#[async_trait]
+impl JobHandler for PanicOnDemand {
+    fn kind(&self) -> JobKind {
+        JobKind::Summarise
+    }
+    async fn run(&self, job: &Job) -> Result<(), JobError> {
+        if job.payload.contains("PANIC") {
+            panic!("test hook: a job handler panicked");
+        }
+        Ok(())
+    }
+}
+
+fn job(id: &str, payload: &str) -> NewJob {
+    NewJob {
+        id: id.into(),
+        kind: JobKind::Summarise,
+        user: "u".into(),
+        payload: payload.into(),
+    }
+}
+
+async fn until(what: &str, mut done: impl FnMut() -> bool) {
+    for _ in 0..500 {
+        if done() {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    panic!("timed out waiting for {what}");
+}
+
+/// A panicking job fails like any failure (retried, then dead-lettered), the worker is counted
+/// as restarted and goes on to run the next job.
+#[actix_rt::test]
+async fn a_job_worker_survives_a_panicking_job() {
+    use actix::Actor;
+    let queue = Arc::new(MemoryQueue::default());
+    let stats = Arc::new(PoolStats::default());
+    let settings = JobSettings {
+        workers: 1,
+        lease: Duration::from_secs(30),
+        max_attempts: 2,
+        retry_backoff: Duration::from_millis(1),
+        retry_backoff_max: Duration::from_millis(1),
+        poll_interval: Duration::from_millis(5),
+    };
+    let system = JobSystem::new(
+        queue.clone() as Arc<dyn JobQueue>,
+        vec![Arc::new(PanicOnDemand)],
+        settings,
+        stats.clone(),
+    );
+    system.submit(job("bad", "PANIC")).await.unwrap();
+    system.submit(job("good", "fine")).await.unwrap();
+    let _worker = JobWorker::new(system.clone()).start();
+
+    until("both jobs to be settled", || {
+        queue.acked.lock().unwrap().len() == 1 && queue.failed.lock().unwrap().len() == 2
+    })
+    .await;
+    assert_eq!(*queue.acked.lock().unwrap(), ["good"]);
+    let fates: Vec<_> = queue.failed.lock().unwrap().iter().map(|f| f.2).collect();
+    assert_eq!(
+        fates,
+        [Fate::RetryIn(Duration::from_millis(1)), Fate::DeadLetter]
+    );
+    assert!(queue.failed.lock().unwrap()[0].1.contains("panicked"));
+    assert_eq!(
+        stats.restarts.get(),
+        2,
+        "each panicking run counts a restart"
+    );
+}
+
+fn chunk(user: &str, vector: [f32; 2]) -> MemoryChunk {
+    MemoryChunk {
+        key: ConversationKey::new("aria", user),
+        scope: Scope::Direct,
+        kind: MemoryKind::Message,
+        group: format!("{user}:1"),
+        chunk: 0,
+        text: format!("{user} likes tea"),
+        importance: 0.5,
+        created_at_ms: 1,
+        vector: Arc::from(&vector[..]),
+    }
+}
+
+/// A panic inside a MemoryActor answers its caller with an error, the member restarts (counted)
+/// and the pool keeps serving, with every member still routed to.
+#[actix_rt::test]
+async fn a_memory_pool_member_restarts_after_a_panic() {
+    let stats = Arc::new(PoolStats::default());
+    let pool = MemoryPool::start(Arc::new(MemoryVec::default()), 2, stats.clone());
+    assert_eq!(stats.size.get(), 2);
+    pool.add(vec![chunk("ann", [1.0, 0.0]), chunk("bob", [1.0, 0.0])])
+        .await
+        .unwrap();
+    assert!(
+        pool.0.call(InjectPanic).await.is_err(),
+        "the panic answers with an error"
+    );
+    until("the restart to be counted", || stats.restarts.get() == 1).await;
+    for _ in 0..4 {
+        let found = pool
+            .search(MemoryQuery {
+                key: ConversationKey::new("aria", "ann"),
+                scopes: whisper_actors::memory::AllowedScopes::for_scope(&Scope::Direct, false),
+                vector: Arc::from(&[1.0f32, 0.0][..]),
+                limit: 5,
+            })
+            .await
+            .unwrap();
+        let texts: Vec<_> = found.iter().map(|c| c.text.as_str()).collect();
+        assert_eq!(texts, ["ann likes tea"], "one user's memories only");
+    }
+    assert_eq!(stats.queue_depth.get(), 0);
+}

@@ -1,0 +1,399 @@
+//! Wiring: turns a validated configuration into a running runtime with its adapters.
+//!
+//! Used by every command that serves users (`chat` now, the Discord transport later) and by
+//! the integration tests and benchmarks, so they all exercise the same assembly.
+
+use std::sync::Arc;
+
+use anyhow::Context as _;
+use tokio::task::JoinHandle;
+use tracing::{info, warn};
+use whisper_actors::conversation::context::ContextProvider;
+use whisper_actors::ports::{ChatModel, Embedder, HistoryStore};
+use whisper_actors::stats::PoolStats;
+use whisper_actors::{CharacterSet, Runtime, RuntimeParts, ShardRouter};
+
+use crate::classifier;
+use crate::config::{MemoryBackend, Settings};
+use crate::embed::LocalEmbedder;
+use crate::llm::local_server::LocalServer;
+use crate::llm::openai::OpenAiChat;
+use crate::status;
+use crate::store::sqlite::{self};
+use crate::transport::discord::channel::{ChannelContextProvider, ChannelLog};
+use crate::transport::discord::policy::Access;
+use whisper_actors::graph::GraphPool;
+use whisper_actors::limits::RateLimiter;
+use whisper_actors::memory::MemoryPool;
+use whisper_actors::tools::Tool;
+
+mod control;
+mod settings;
+mod stores;
+
+pub use control::{ForgetReport, ForgetScope, UserControl, UserData};
+pub use stores::open_user_data;
+use stores::{fact_store, history_store, job_queue, memory_store, redis_extras};
+
+/// Optional parts beyond what the configuration selects: extra context providers (the next
+/// issues' memory and facts providers are wired here; tests use it for fault injection).
+#[derive(Default)]
+pub struct Extras {
+    pub providers: Vec<Arc<dyn ContextProvider>>,
+    /// A model to use instead of the configured endpoint (benchmarks isolate the runtime's
+    /// own overhead with an in-process model).
+    pub model: Option<Arc<dyn ChatModel>>,
+    /// Tools beyond the built-in ones.
+    pub tools: Vec<Arc<dyn Tool>>,
+}
+
+/// Everything the app is made of, opened and wired but not yet serving. Built apart from
+/// running, so a store that cannot be opened stops startup before any conversation exists.
+struct Topology {
+    /// The DiscordActors' counters, by character.
+    discord: std::collections::HashMap<String, Arc<PoolStats>>,
+    user_data: UserData,
+    /// Every pool the status shows, labelled `kind (backend)`.
+    pools: Vec<(String, Arc<PoolStats>)>,
+    history: Arc<dyn HistoryStore>,
+    limiter: Option<Arc<dyn RateLimiter>>,
+    store_pools: (MemoryPool, GraphPool),
+    embedder: Option<Arc<LocalEmbedder>>,
+    intents: Option<whisper_actors::classifier::IntentSet>,
+    local_llm: Option<LocalServer>,
+    /// Where the model is served (for logs and the health check).
+    endpoint: String,
+    model: Arc<dyn ChatModel>,
+    channel_log: Option<Arc<ChannelLog>>,
+    providers: Vec<Arc<dyn ContextProvider>>,
+    tools: Vec<Arc<dyn Tool>>,
+}
+
+impl Topology {
+    async fn build(
+        settings: &Settings,
+        characters: &CharacterSet,
+        extras: Extras,
+    ) -> anyhow::Result<Topology> {
+        let db = sqlite::prepare(&settings.storage.data_dir)?;
+        let (history, history_stats) = history_store(settings, &db).await?;
+        let (history, limiter) = redis_extras(settings, history).await?;
+        let ids = characters.ids().map(str::to_owned).collect();
+        let (memory, memory_stats) = memory_store(settings, &db, ids).await?;
+        let (facts, fact_pool) = fact_store(settings, &db).await?;
+        let jobs = job_queue(settings, &db).await?;
+        // The card's MemoryActor and GraphActor pools front the stores for every backend:
+        // everything that reads or writes memories and facts goes through them.
+        let s = &settings.storage;
+        let memory_pool_stats = Arc::new(PoolStats::default());
+        let memory_pool =
+            MemoryPool::start(memory, settings.pools.memory, memory_pool_stats.clone());
+        let graph_pool_stats = Arc::new(PoolStats::default());
+        let graph_pool = GraphPool::start(facts, settings.pools.graph, graph_pool_stats.clone());
+        let user_data = UserData {
+            db,
+            history: history.clone(),
+            memory: Arc::new(memory_pool.clone()),
+            facts: Arc::new(graph_pool.clone()),
+            jobs,
+        };
+        let backend = |b: &dyn std::fmt::Debug| format!("{b:?}").to_lowercase();
+        let mut pools = vec![
+            (format!("history ({})", backend(&s.history)), history_stats),
+            (
+                format!("MemoryActor ({})", backend(&s.memory)),
+                memory_pool_stats,
+            ),
+            (
+                format!("GraphActor ({})", backend(&s.facts)),
+                graph_pool_stats,
+            ),
+        ];
+        if s.memory == MemoryBackend::Sqlite {
+            pools.push(("memory threads (sqlite)".to_owned(), memory_stats));
+        }
+        pools.push(fact_pool);
+        // One DiscordActor per bot token, started by the transport; counted from here.
+        let discord: std::collections::HashMap<String, Arc<PoolStats>> = settings
+            .discord
+            .tokens
+            .keys()
+            .map(|character| (character.clone(), Arc::new(PoolStats::default())))
+            .collect();
+        for (character, stats) in &discord {
+            pools.push((format!("DiscordActor ({character})"), stats.clone()));
+        }
+        let (embedder, intents) = embedder(settings, &mut pools).await?;
+        let (local_llm, endpoint, model) = model(settings, extras.model).await?;
+        // Discord bots see their guild channels' recent messages (fed by the gateway).
+        let channel_context = &settings.discord.channel_context;
+        let channel_log = (!settings.discord.tokens.is_empty() && channel_context.enabled)
+            .then(|| Arc::new(ChannelLog::new(channel_context)));
+        let mut providers = extras.providers;
+        if let Some(log) = &channel_log {
+            providers.push(Arc::new(ChannelContextProvider::new(
+                log.clone(),
+                Arc::new(Access::from(&settings.discord)),
+                channel_context,
+            )));
+        }
+        Ok(Topology {
+            discord,
+            user_data,
+            pools,
+            history,
+            limiter,
+            store_pools: (memory_pool, graph_pool),
+            embedder,
+            intents,
+            local_llm,
+            endpoint,
+            model,
+            channel_log,
+            providers,
+            tools: extras.tools,
+        })
+    }
+}
+
+/// The embedding model and the fast-track intents (embedded once at startup, cached).
+async fn embedder(
+    settings: &Settings,
+    pools: &mut Vec<(String, Arc<PoolStats>)>,
+) -> anyhow::Result<(
+    Option<Arc<LocalEmbedder>>,
+    Option<whisper_actors::classifier::IntentSet>,
+)> {
+    if !settings.embedding.enabled {
+        info!("embedding.enabled = false: no fast track and no long-term memory");
+        return Ok((None, None));
+    }
+    let embedder = LocalEmbedder::start(&settings.embedding, settings.pools.embedder)
+        .context("loading the embedding model")?;
+    let intents = if settings.classifier.enabled {
+        let cache = settings.storage.data_dir.join("cache");
+        Some(
+            classifier::load(&settings.classifier.intents, &cache, &embedder)
+                .await
+                .context("loading the fast-track intents")?,
+        )
+    } else {
+        None
+    };
+    pools.push(("EmbedderActor".to_owned(), embedder.stats()));
+    Ok((Some(Arc::new(embedder)), intents))
+}
+
+/// The chat model: the configured endpoint, or a supervised local model server when none is
+/// configured, or (benchmarks) an in-process model.
+async fn model(
+    settings: &Settings,
+    in_process: Option<Arc<dyn ChatModel>>,
+) -> anyhow::Result<(Option<LocalServer>, String, Arc<dyn ChatModel>)> {
+    if let Some(model) = in_process {
+        return Ok((None, "in-process model".to_owned(), model));
+    }
+    let local_llm = if settings.uses_local_llm() {
+        info!("no llm.base_url configured: starting the local model server");
+        Some(
+            LocalServer::start(
+                &settings.llm.local,
+                settings.pools.llm_concurrency,
+                &settings.storage.data_dir,
+                settings.restart_policy(),
+            )
+            .await
+            .context("starting the local model server")?,
+        )
+    } else {
+        None
+    };
+    let endpoint = match &local_llm {
+        Some(server) => server.base_url().to_owned(),
+        None => settings.llm.base_url.expose().to_owned(),
+    };
+    let model = OpenAiChat::new(
+        &endpoint,
+        settings.llm.api_key.expose(),
+        &settings.llm.model,
+    )
+    .context("building the HTTP client for the model endpoint")?;
+    Ok((local_llm, endpoint, Arc::new(model)))
+}
+
+pub struct App {
+    user_data: UserData,
+    runtime: Runtime,
+    local_llm: Option<LocalServer>,
+    reporter: JoinHandle<()>,
+    endpoint: Option<crate::observe::Endpoint>,
+    channel_log: Option<Arc<ChannelLog>>,
+    store_pools: (MemoryPool, GraphPool),
+    discord: std::collections::HashMap<String, Arc<PoolStats>>,
+    embedder: Option<Arc<LocalEmbedder>>,
+    settings: Settings,
+}
+
+impl App {
+    /// Opens the stores, starts the model (local server if no endpoint is configured) and the
+    /// runtime. Must run inside an actix `System`.
+    pub async fn start(settings: Settings, characters: CharacterSet) -> anyhow::Result<App> {
+        Self::start_with(settings, characters, Extras::default()).await
+    }
+
+    pub async fn start_with(
+        settings: Settings,
+        characters: CharacterSet,
+        extras: Extras,
+    ) -> anyhow::Result<App> {
+        let topology = Topology::build(&settings, &characters, extras).await?;
+        Self::run(settings, characters, topology).await
+    }
+
+    /// Starts the runtime over a built topology, then the metrics endpoint and status reporter.
+    async fn run(settings: Settings, characters: CharacterSet, t: Topology) -> anyhow::Result<App> {
+        let runtime = Runtime::start(
+            settings.runtime_settings(),
+            RuntimeParts {
+                characters,
+                model: t.model,
+                pools: t.pools,
+                history: t.history,
+                extra_providers: t.providers,
+                extra_tools: t.tools,
+                limiter: t.limiter,
+                embedder: t.embedder.clone().map(|e| e as Arc<dyn Embedder>),
+                intents: t.intents,
+                memory: Some(t.user_data.memory.clone()),
+                facts: Some(t.user_data.facts.clone()),
+                jobs: Some(t.user_data.jobs.clone()),
+                jobs_backend: format!("{:?}", settings.storage.jobs).to_lowercase(),
+            },
+        );
+        let stats = runtime.stats();
+        info!(target: "whisperengine::status", "{}", stats.snapshot().summary_line());
+        let metrics = if settings.metrics.address.is_empty() {
+            None
+        } else {
+            let llm = t.endpoint.starts_with("http").then(|| t.endpoint.clone());
+            Some(
+                crate::observe::Endpoint::start(
+                    &settings.metrics.address,
+                    stats.clone(),
+                    t.user_data.clone(),
+                    llm,
+                )
+                .await?,
+            )
+        };
+        let reporter = status::spawn_reporter(
+            stats,
+            settings.storage.data_dir.clone(),
+            settings.runtime.status_interval,
+            t.endpoint,
+        );
+        Ok(App {
+            user_data: t.user_data,
+            runtime,
+            local_llm: t.local_llm,
+            reporter,
+            endpoint: metrics,
+            channel_log: t.channel_log,
+            store_pools: t.store_pools,
+            discord: t.discord,
+            embedder: t.embedder,
+            settings,
+        })
+    }
+
+    pub fn router(&self) -> ShardRouter {
+        self.runtime.router()
+    }
+
+    /// The guild channels' recent messages, when Discord bots with channel context run.
+    pub fn channel_log(&self) -> Option<Arc<ChannelLog>> {
+        self.channel_log.clone()
+    }
+
+    /// The local model server's pid, when the embedded default runs one.
+    /// Where `/metrics` and `/healthz` listen, if enabled.
+    pub fn metrics_address(&self) -> Option<std::net::SocketAddr> {
+        self.endpoint.as_ref().map(|e| e.address)
+    }
+
+    pub fn local_llm_pid(&self) -> Option<u32> {
+        self.local_llm.as_ref().and_then(LocalServer::pid)
+    }
+
+    /// "Forget me": drops the user's live conversations (and their caches) on every shard,
+    /// then deletes their history, profile and memories.
+    /// "Forget me": stops the user's conversations, lets a turn already in flight finish (it
+    /// would otherwise store its turn, memories and facts behind the delete), drops queued jobs,
+    /// waits out the user's running ones, then deletes every store's rows.
+    pub async fn forget(&self, user: &str) -> anyhow::Result<ForgetReport> {
+        self.control().forget(user, ForgetScope::All).await
+    }
+
+    /// A cheap handle for transports' user commands (forget, profile, status).
+    pub fn control(&self) -> UserControl {
+        UserControl {
+            data: self.user_data.clone(),
+            router: self.runtime.router(),
+            jobs: self.runtime.jobs().cloned(),
+            stats: self.runtime.stats(),
+            grace: self.settings.runtime.shutdown_timeout,
+            channel_log: self.channel_log.clone(),
+        }
+    }
+
+    pub fn user_data(&self) -> &UserData {
+        &self.user_data
+    }
+
+    /// The MemoryActor pool (every memory read and write goes through it).
+    pub fn memory_pool(&self) -> &MemoryPool {
+        &self.store_pools.0
+    }
+
+    /// The GraphActor pool (every fact read and write goes through it).
+    pub fn graph_pool(&self) -> &GraphPool {
+        &self.store_pools.1
+    }
+
+    /// The EmbedderActor pool, when embeddings are enabled.
+    pub fn embedder(&self) -> Option<&Arc<LocalEmbedder>> {
+        self.embedder.as_ref()
+    }
+
+    /// The counters of `character`'s DiscordActor (shown in status with every pool).
+    pub fn discord_stats(&self, character: &str) -> Arc<PoolStats> {
+        self.discord.get(character).cloned().unwrap_or_default()
+    }
+
+    pub fn runtime(&self) -> &Runtime {
+        &self.runtime
+    }
+
+    /// Drains replies in flight, then stops the runtime and the local model server.
+    pub async fn shutdown(self) {
+        let report = self
+            .runtime
+            .shutdown(self.settings.runtime.shutdown_timeout)
+            .await;
+        if report.drained() {
+            info!("runtime stopped; everything drained");
+        } else {
+            warn!(%report, "runtime stopped");
+        }
+        self.store_pools.0.0.stop();
+        self.store_pools.1.0.stop();
+        self.reporter.abort();
+        if let Some(endpoint) = self.endpoint {
+            endpoint.stop();
+        }
+        status::clear(&self.settings.storage.data_dir);
+        if let Some(server) = self.local_llm {
+            server.shutdown().await;
+        }
+    }
+}

@@ -1,0 +1,173 @@
+//! Store selection: which backend serves history, memories, facts and jobs, from the
+//! configuration, opened and waited for.
+
+use std::sync::Arc;
+
+use whisper_actors::stats::PoolStats;
+
+use anyhow::Context as _;
+use whisper_actors::memory::MemoryStore;
+use whisper_actors::ports::HistoryStore;
+
+use crate::config::{FactsBackend, HistoryBackend, JobsBackend, MemoryBackend, Settings};
+use crate::store::neo4j::Neo4jFacts;
+use crate::store::postgres::PgHistory;
+use crate::store::qdrant::QdrantMemory;
+use crate::store::redis::cache::{CachedHistory, RedisRateLimiter};
+use crate::store::redis::jobs::RedisJobs;
+use crate::store::sqlite::facts::SqliteFacts;
+use crate::store::sqlite::jobs::SqliteJobs;
+use crate::store::sqlite::memory::SqliteMemory;
+use crate::store::sqlite::{self, SqliteHistory};
+use whisper_actors::graph::FactStore;
+use whisper_actors::jobs::JobQueue;
+use whisper_actors::limits::{LocalRateLimiter, RateLimiter};
+
+use super::control::UserData;
+
+/// The configured history store (embedded SQLite or PostgreSQL) and its pool's stats.
+pub(super) async fn history_store(
+    settings: &Settings,
+    db: &std::path::Path,
+) -> anyhow::Result<(Arc<dyn HistoryStore>, Arc<whisper_actors::stats::PoolStats>)> {
+    Ok(match settings.storage.history {
+        HistoryBackend::Sqlite => {
+            let store = SqliteHistory::start(db.to_owned(), settings.pools.history);
+            let stats = store.stats();
+            (Arc::new(store), stats)
+        }
+        HistoryBackend::Postgres => {
+            let store = PgHistory::connect(
+                settings.storage.postgres_url.expose(),
+                settings.pools.postgres,
+                settings.storage.connect_timeout,
+            )
+            .await
+            .context("opening the history store (storage.history = \"postgres\")")?;
+            let stats = store.stats();
+            (Arc::new(store), stats)
+        }
+    })
+}
+
+/// With `storage.redis_cache`: profiles cached in Redis and rate limits counted there; else the
+/// history store as is and an in-process limiter.
+pub(super) async fn redis_extras(
+    settings: &Settings,
+    history: Arc<dyn HistoryStore>,
+) -> anyhow::Result<(Arc<dyn HistoryStore>, Option<Arc<dyn RateLimiter>>)> {
+    let limits = &settings.limits;
+    let s = &settings.storage;
+    if !s.redis_cache {
+        let limiter = (limits.messages_per_window > 0).then(|| {
+            Arc::new(LocalRateLimiter::new(
+                limits.messages_per_window as usize,
+                limits.window,
+            )) as Arc<dyn RateLimiter>
+        });
+        return Ok((history, limiter));
+    }
+    let pool = crate::store::redis::jobs::pool(
+        s.redis_url.expose(),
+        settings.pools.redis,
+        s.connect_timeout,
+    )
+    .await
+    .context("opening the Redis cache (storage.redis_cache = true)")?;
+    let limiter = (limits.messages_per_window > 0).then(|| {
+        Arc::new(RedisRateLimiter::new(
+            pool.clone(),
+            &s.redis_prefix,
+            limits.messages_per_window,
+            limits.window,
+        )) as Arc<dyn RateLimiter>
+    });
+    let cached = CachedHistory::new(history, pool, &s.redis_prefix, s.cache_ttl);
+    Ok((Arc::new(cached), limiter))
+}
+
+/// The configured vector memory (embedded SQLite or Qdrant) and its pool's stats.
+pub(super) async fn memory_store(
+    settings: &Settings,
+    db: &std::path::Path,
+    characters: Vec<String>,
+) -> anyhow::Result<(Arc<dyn MemoryStore>, Arc<whisper_actors::stats::PoolStats>)> {
+    let s = &settings.storage;
+    Ok(match s.memory {
+        MemoryBackend::Sqlite => {
+            let store = SqliteMemory::start(
+                db.to_owned(),
+                settings.pools.memory,
+                settings.memory.cached_users,
+            );
+            let stats = store.stats();
+            (Arc::new(store), stats)
+        }
+        MemoryBackend::Qdrant => {
+            let store = QdrantMemory::from_storage(s, characters)
+                .await
+                .context("opening the vector memory (storage.memory = \"qdrant\")")?;
+            (Arc::new(store), Arc::new(Default::default()))
+        }
+    })
+}
+
+/// The configured fact graph (embedded SQLite or Neo4j over Bolt) and its worker or
+/// connection pool, labelled for status.
+pub(super) async fn fact_store(
+    settings: &Settings,
+    db: &std::path::Path,
+) -> anyhow::Result<(Arc<dyn FactStore>, (String, Arc<PoolStats>))> {
+    let s = &settings.storage;
+    Ok(match s.facts {
+        FactsBackend::Sqlite => {
+            let store = SqliteFacts::start(db.to_owned(), settings.pools.graph);
+            let stats = store.stats();
+            (Arc::new(store), ("fact threads (sqlite)".to_owned(), stats))
+        }
+        FactsBackend::Neo4j => {
+            let store = Neo4jFacts::from_storage(s, settings.pools.neo4j)
+                .await
+                .context("opening the fact graph (storage.facts = \"neo4j\")")?;
+            // neo4rs keeps its pool to itself: the size is what it may open.
+            let stats = Arc::new(PoolStats::default());
+            stats.size.set(settings.pools.neo4j as u64);
+            (Arc::new(store), ("neo4j connections".to_owned(), stats))
+        }
+    })
+}
+
+/// The configured job queue (embedded SQLite or Redis Streams).
+pub(super) async fn job_queue(
+    settings: &Settings,
+    db: &std::path::Path,
+) -> anyhow::Result<Arc<dyn JobQueue>> {
+    Ok(match settings.storage.jobs {
+        JobsBackend::Sqlite => Arc::new(SqliteJobs::start(db.to_owned())),
+        JobsBackend::Redis => Arc::new(
+            RedisJobs::connect(
+                settings.storage.redis_url.expose(),
+                &settings.storage.redis_prefix,
+                settings.pools.redis,
+                settings.storage.connect_timeout,
+            )
+            .await
+            .context("opening the job queue (storage.jobs = \"redis\")")?,
+        ),
+    })
+}
+
+/// Opens the stores without starting the runtime (the `forget` command).
+pub async fn open_user_data(settings: &Settings) -> anyhow::Result<UserData> {
+    let db = sqlite::prepare(&settings.storage.data_dir)?;
+    let (history, _) = history_store(settings, &db).await?;
+    Ok(UserData {
+        db: db.clone(),
+        history,
+        memory: memory_store(settings, &db, settings.character_ids()?)
+            .await?
+            .0,
+        facts: fact_store(settings, &db).await?.0,
+        jobs: job_queue(settings, &db).await?,
+    })
+}

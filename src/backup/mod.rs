@@ -1,0 +1,315 @@
+//! `whisperengine backup` / `restore`: every store in use, in one directory, in a portable
+//! format, so a backup restores into a different backend than it came from (embedded SQLite to
+//! PostgreSQL is the migration path).
+//!
+//! A backup holds one JSON-lines file per kind of data (`history.jsonl`: turns and profiles;
+//! `memories.jsonl`; `facts.jsonl`), each line one row keyed by the portable column names, and
+//! `manifest.json` with the format version, the creation time, the backends it came from, and
+//! each file's row count and SHA-256. Restore checks all of it before touching anything; each
+//! store is then replaced inside one transaction, so a failure leaves it as it was.
+//!
+//! Run them with the bot stopped: the bot's caches would not see a restore, and a backup taken
+//! while it writes may catch a turn without its memories.
+
+use std::collections::BTreeMap;
+use std::io::{BufRead, BufWriter, Write};
+use std::path::Path;
+
+use anyhow::{Context as _, bail};
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
+use sha2::{Digest, Sha256};
+
+use crate::config::{FactsBackend, HistoryBackend, MemoryBackend, Settings};
+use crate::store::neo4j::Neo4jFacts;
+use crate::store::postgres::PgHistory;
+use crate::store::qdrant::QdrantMemory;
+use crate::store::sqlite;
+
+mod sqlite_rows;
+mod tables;
+
+pub use sqlite_rows::sort_memory_rows;
+use sqlite_rows::{export_sqlite, import_sqlite};
+use tables::{FACTS, MEMORIES, PROFILES, TURNS, Table};
+
+pub const FORMAT_VERSION: u32 = 1;
+
+/// A file of the backup and the tables its lines belong to.
+struct Section {
+    file: &'static str,
+    tables: &'static [Table],
+}
+
+const SECTIONS: [Section; 3] = [
+    Section {
+        file: "history.jsonl",
+        tables: &[TURNS, PROFILES],
+    },
+    Section {
+        file: "memories.jsonl",
+        tables: &[MEMORIES],
+    },
+    Section {
+        file: "facts.jsonl",
+        tables: &[FACTS],
+    },
+];
+
+#[derive(Debug, Serialize, Deserialize, PartialEq)]
+pub struct FileEntry {
+    pub name: String,
+    pub rows: u64,
+    pub sha256: String,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+pub struct Manifest {
+    pub format_version: u32,
+    pub created_at: String,
+    /// Where each kind of data came from (informational: restore may target another backend).
+    pub backends: BTreeMap<String, String>,
+    pub files: Vec<FileEntry>,
+}
+
+type Row = Map<String, Value>;
+
+/// Qdrant, when vector memories live there.
+async fn qdrant_target(settings: &Settings) -> anyhow::Result<Option<QdrantMemory>> {
+    let s = &settings.storage;
+    Ok(match s.memory {
+        MemoryBackend::Sqlite => None,
+        MemoryBackend::Qdrant => {
+            Some(QdrantMemory::from_storage(s, settings.character_ids()?).await?)
+        }
+    })
+}
+
+/// Where history lives, as configured: the embedded database or a PostgreSQL connection.
+enum HistoryTarget {
+    Sqlite,
+    Postgres(PgHistory),
+}
+
+/// Where facts live, as configured.
+enum FactsTarget {
+    Sqlite,
+    Neo4j(Neo4jFacts),
+}
+
+async fn facts_target(settings: &Settings) -> anyhow::Result<FactsTarget> {
+    let s = &settings.storage;
+    Ok(match s.facts {
+        FactsBackend::Sqlite => FactsTarget::Sqlite,
+        FactsBackend::Neo4j => {
+            FactsTarget::Neo4j(Neo4jFacts::from_storage(s, settings.pools.neo4j).await?)
+        }
+    })
+}
+
+async fn history_target(settings: &Settings) -> anyhow::Result<HistoryTarget> {
+    Ok(match settings.storage.history {
+        HistoryBackend::Sqlite => HistoryTarget::Sqlite,
+        HistoryBackend::Postgres => HistoryTarget::Postgres(
+            PgHistory::connect(
+                settings.storage.postgres_url.expose(),
+                1,
+                settings.storage.connect_timeout,
+            )
+            .await?,
+        ),
+    })
+}
+
+fn sha256_file(path: &Path) -> anyhow::Result<(String, u64)> {
+    let file = std::fs::File::open(path).with_context(|| format!("reading {}", path.display()))?;
+    let mut hasher = Sha256::new();
+    let mut lines = 0u64;
+    let mut reader = std::io::BufReader::new(file);
+    let mut line = Vec::new();
+    while reader.read_until(b'\n', &mut line)? > 0 {
+        hasher.update(&line);
+        lines += 1;
+        line.clear();
+    }
+    Ok((format!("{:x}", hasher.finalize()), lines))
+}
+
+/// Writes a backup of every store in use into `dir` (created; must not hold a backup yet).
+/// `progress` hears about each file as it is written.
+pub async fn backup(
+    settings: &Settings,
+    dir: &Path,
+    mut progress: impl FnMut(&str),
+) -> anyhow::Result<Manifest> {
+    if dir.join("manifest.json").exists() {
+        bail!("{} already holds a backup", dir.display());
+    }
+    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    let db = sqlite::prepare(&settings.storage.data_dir)?;
+    let history = history_target(settings).await?;
+    let facts = facts_target(settings).await?;
+    let qdrant = qdrant_target(settings).await?;
+    let mut files = Vec::new();
+    for section in &SECTIONS {
+        let mut rows = Vec::new();
+        for table in section.tables {
+            match (&history, &facts, table.name) {
+                (HistoryTarget::Postgres(pg), _, "turns" | "profiles") => {
+                    rows.extend(pg.export_rows(table.name, table.columns).await?)
+                }
+                (_, FactsTarget::Neo4j(graph), "facts") => rows.extend(graph.export_rows().await?),
+                (_, _, "memories") if qdrant.is_some() => {
+                    if let Some(q) = &qdrant {
+                        rows.extend(q.export_rows().await?)
+                    }
+                }
+                _ => export_sqlite(&db, table, &mut rows)?,
+            }
+        }
+        let path = dir.join(section.file);
+        let mut out = BufWriter::new(
+            std::fs::File::create(&path).with_context(|| format!("writing {}", path.display()))?,
+        );
+        for row in &rows {
+            serde_json::to_writer(&mut out, row)?;
+            out.write_all(b"\n")?;
+        }
+        out.flush()?;
+        drop(out);
+        let (sha256, lines) = sha256_file(&path)?;
+        progress(&format!("{}: {lines} rows", section.file));
+        files.push(FileEntry {
+            name: section.file.to_owned(),
+            rows: lines,
+            sha256,
+        });
+    }
+    let backends = BTreeMap::from([
+        (
+            "history".to_owned(),
+            match settings.storage.history {
+                HistoryBackend::Sqlite => "sqlite",
+                HistoryBackend::Postgres => "postgres",
+            }
+            .to_owned(),
+        ),
+        (
+            "memories".to_owned(),
+            match settings.storage.memory {
+                MemoryBackend::Sqlite => "sqlite",
+                MemoryBackend::Qdrant => "qdrant",
+            }
+            .to_owned(),
+        ),
+        (
+            "facts".to_owned(),
+            match settings.storage.facts {
+                FactsBackend::Sqlite => "sqlite",
+                FactsBackend::Neo4j => "neo4j",
+            }
+            .to_owned(),
+        ),
+    ]);
+    let manifest = Manifest {
+        format_version: FORMAT_VERSION,
+        created_at: humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string(),
+        backends,
+        files,
+    };
+    std::fs::write(
+        dir.join("manifest.json"),
+        serde_json::to_string_pretty(&manifest)?,
+    )?;
+    Ok(manifest)
+}
+
+/// Checks a backup completely: manifest, every file present, row counts and checksums.
+pub fn verify(dir: &Path) -> anyhow::Result<Manifest> {
+    let manifest_path = dir.join("manifest.json");
+    let text = std::fs::read_to_string(&manifest_path).with_context(|| {
+        format!(
+            "{} is not a backup (no readable manifest.json)",
+            dir.display()
+        )
+    })?;
+    let manifest: Manifest = serde_json::from_str(&text)
+        .with_context(|| format!("{} is corrupt", manifest_path.display()))?;
+    if manifest.format_version != FORMAT_VERSION {
+        bail!(
+            "backup format version {} is not supported (this build reads {FORMAT_VERSION})",
+            manifest.format_version
+        );
+    }
+    for section in &SECTIONS {
+        let Some(entry) = manifest.files.iter().find(|f| f.name == section.file) else {
+            bail!("backup is partial: manifest lists no {}", section.file);
+        };
+        let path = dir.join(&entry.name);
+        if !path.exists() {
+            bail!("backup is partial: {} is missing", entry.name);
+        }
+        let (sha256, rows) = sha256_file(&path)?;
+        if sha256 != entry.sha256 || rows != entry.rows {
+            bail!(
+                "backup is corrupt: {} does not match its checksum in the manifest",
+                entry.name
+            );
+        }
+    }
+    Ok(manifest)
+}
+
+fn read_rows(path: &Path) -> anyhow::Result<Vec<Row>> {
+    let file = std::fs::File::open(path)?;
+    std::io::BufReader::new(file)
+        .lines()
+        .enumerate()
+        .map(|(i, line)| {
+            let line = line?;
+            serde_json::from_str::<Row>(&line)
+                .with_context(|| format!("{} line {}", path.display(), i + 1))
+        })
+        .collect()
+}
+
+/// Restores a verified backup into the stores configured now. Nothing is touched unless the
+/// whole backup checks out and parses.
+pub async fn restore(
+    settings: &Settings,
+    dir: &Path,
+    mut progress: impl FnMut(&str),
+) -> anyhow::Result<Manifest> {
+    let manifest = verify(dir)?;
+    let mut parsed = Vec::new();
+    for section in &SECTIONS {
+        parsed.push((section, read_rows(&dir.join(section.file))?));
+    }
+    let db = sqlite::prepare(&settings.storage.data_dir)?;
+    let history = history_target(settings).await?;
+    let facts = facts_target(settings).await?;
+    let qdrant = qdrant_target(settings).await?;
+    for (section, rows) in &parsed {
+        match (&history, &facts, section.file) {
+            (_, _, "memories.jsonl") if qdrant.is_some() => {
+                if let Some(q) = &qdrant {
+                    q.import_rows(rows).await?
+                }
+            }
+            (_, FactsTarget::Neo4j(graph), "facts.jsonl") => graph.import_rows(rows).await?,
+            (HistoryTarget::Postgres(pg), _, "history.jsonl") => {
+                pg.import_rows(
+                    &[
+                        (TURNS.name, TURNS.columns),
+                        (PROFILES.name, PROFILES.columns),
+                    ],
+                    rows,
+                )
+                .await?
+            }
+            _ => import_sqlite(&db, section.tables, rows)?,
+        }
+        progress(&format!("{}: {} rows restored", section.file, rows.len()));
+    }
+    Ok(manifest)
+}

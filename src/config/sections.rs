@@ -1,0 +1,325 @@
+//! One struct per configuration section, mirroring `config/default.toml` key for key. No serde
+//! defaults here: the compiled-in default file is the one source of defaults.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use crate::secret::{Secret, SecretUrl};
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RuntimeSection {
+    pub shards: u32,
+    pub virtual_nodes: u32,
+    #[serde(with = "humantime_serde")]
+    pub idle_timeout: Duration,
+    pub max_conversations_per_shard: usize,
+    #[serde(with = "humantime_serde")]
+    pub shutdown_timeout: Duration,
+    #[serde(with = "humantime_serde")]
+    pub status_interval: Duration,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SupervisionSection {
+    pub max_restarts: u32,
+    #[serde(with = "humantime_serde")]
+    pub window: Duration,
+    #[serde(with = "humantime_serde")]
+    pub backoff_initial: Duration,
+    #[serde(with = "humantime_serde")]
+    pub backoff_max: Duration,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PoolsSection {
+    pub history: usize,
+    pub postgres: usize,
+    pub embedder: usize,
+    pub classifier: usize,
+    pub memory: usize,
+    pub graph: usize,
+    pub neo4j: usize,
+    pub redis: usize,
+    pub llm_concurrency: usize,
+    pub llm_queue: usize,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LlmSection {
+    pub base_url: SecretUrl,
+    pub api_key: Secret,
+    pub model: String,
+    #[serde(with = "humantime_serde")]
+    pub request_timeout: Duration,
+    #[serde(with = "humantime_serde")]
+    pub stream_idle_timeout: Duration,
+    pub max_retries: u32,
+    #[serde(with = "humantime_serde")]
+    pub retry_backoff: Duration,
+    #[serde(with = "humantime_serde")]
+    pub retry_backoff_max: Duration,
+    pub local: LocalLlmSection,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LocalLlmSection {
+    pub server: PathBuf,
+    pub model: PathBuf,
+    pub threads: u32,
+    pub context_size: u32,
+    #[serde(with = "humantime_serde")]
+    pub startup_timeout: Duration,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ContextSection {
+    pub history_turns: usize,
+    pub token_budget: usize,
+    #[serde(with = "humantime_serde")]
+    pub history_deadline: Duration,
+    #[serde(with = "humantime_serde")]
+    pub profile_deadline: Duration,
+    #[serde(with = "humantime_serde")]
+    pub classifier_deadline: Duration,
+    #[serde(with = "humantime_serde")]
+    pub memory_deadline: Duration,
+    #[serde(with = "humantime_serde")]
+    pub facts_deadline: Duration,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MemorySection {
+    pub top_k: usize,
+    pub min_similarity: f32,
+    #[serde(with = "humantime_serde")]
+    pub recency_half_life: Duration,
+    pub recency_weight: f32,
+    pub importance_weight: f32,
+    pub guild_memories_in_dm: bool,
+    pub chunk_words: usize,
+    pub cached_users: usize,
+    pub summarise_every: u64,
+    pub idle_summary_min_turns: u64,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FactsSection {
+    pub extract: bool,
+    pub model: String,
+    pub min_confidence: f32,
+    pub hops: usize,
+    pub single_valued: Vec<String>,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LimitsSection {
+    /// Messages one user may send per `window` (0: no limit).
+    pub messages_per_window: u64,
+    #[serde(with = "humantime_serde")]
+    pub window: Duration,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MetricsSection {
+    /// Where `/metrics` and `/healthz` listen, e.g. "127.0.0.1:9464"; empty: off.
+    pub address: String,
+}
+
+/// Who may talk to the bots in direct messages.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DmPolicy {
+    Off,
+    Allowlist,
+    Open,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DiscordSection {
+    /// Character id to bot token: one Discord bot per character, all in this process.
+    pub tokens: std::collections::BTreeMap<String, Secret>,
+    /// Where the Discord API is; empty for discord.com (tests point it at an emulator).
+    pub api_url: String,
+    /// serenity's rate limiter (always on against discord.com; it ignores `api_url`).
+    pub ratelimiter: bool,
+    pub ignore_bots: bool,
+    pub dm_policy: DmPolicy,
+    pub dm_allowlist: Vec<u64>,
+    pub open_channels: Vec<u64>,
+    pub allowed_channels: Vec<u64>,
+    pub blocked_channels: Vec<u64>,
+    pub allowed_users: Vec<u64>,
+    pub blocked_users: Vec<u64>,
+    pub allowed_roles: Vec<u64>,
+    pub blocked_roles: Vec<u64>,
+    pub admins: Vec<u64>,
+    pub max_attachment_bytes: u64,
+    /// Writes (sends and edits) allowed per channel in any `channel_window`.
+    pub channel_writes: usize,
+    #[serde(with = "humantime_serde")]
+    pub channel_window: Duration,
+    /// How long a channel that refused the bot (403) is skipped, unless its permissions change.
+    #[serde(with = "humantime_serde")]
+    pub forbidden_retry: Duration,
+    pub channel_context: ChannelContextSection,
+}
+
+/// What a character sees of a guild channel's recent conversation.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ChannelContextSection {
+    pub enabled: bool,
+    pub max_messages: usize,
+    #[serde(with = "humantime_serde")]
+    pub max_age: Duration,
+    pub max_tokens: usize,
+    pub include_bots: bool,
+    #[serde(with = "humantime_serde")]
+    pub deadline: Duration,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ToolsSection {
+    pub enabled: bool,
+    pub max_rounds: u32,
+    #[serde(with = "humantime_serde")]
+    pub timeout: Duration,
+    pub summaries: usize,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct JobsSection {
+    pub workers: usize,
+    #[serde(with = "humantime_serde")]
+    pub lease: Duration,
+    pub max_attempts: u32,
+    #[serde(with = "humantime_serde")]
+    pub retry_backoff: Duration,
+    #[serde(with = "humantime_serde")]
+    pub retry_backoff_max: Duration,
+    #[serde(with = "humantime_serde")]
+    pub poll_interval: Duration,
+    #[serde(with = "humantime_serde")]
+    pub shutdown_grace: Duration,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClassifierSection {
+    pub enabled: bool,
+    pub intents: PathBuf,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EmbeddingSection {
+    pub enabled: bool,
+    pub onnxruntime: PathBuf,
+    pub model_dir: PathBuf,
+    pub max_length: usize,
+    pub threads: usize,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StreamingSection {
+    #[serde(with = "humantime_serde")]
+    pub edit_interval: Duration,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StorageSection {
+    pub data_dir: PathBuf,
+    pub history: HistoryBackend,
+    pub postgres_url: SecretUrl,
+    pub jobs: JobsBackend,
+    pub memory: MemoryBackend,
+    /// Qdrant's gRPC URL (port 6334).
+    pub qdrant_url: SecretUrl,
+    /// Collections are `<prefix>_<character>`.
+    pub qdrant_prefix: String,
+    pub facts: FactsBackend,
+    pub neo4j_uri: SecretUrl,
+    pub neo4j_user: String,
+    pub neo4j_password: Secret,
+    /// Empty: the server's default database.
+    pub neo4j_database: String,
+    pub redis_url: SecretUrl,
+    /// Namespace of every Redis key (several bots can share a server).
+    pub redis_prefix: String,
+    /// Cache profiles and keep rate limits in Redis (shared by every bot process).
+    pub redis_cache: bool,
+    #[serde(with = "humantime_serde")]
+    pub cache_ttl: Duration,
+    #[serde(with = "humantime_serde")]
+    pub connect_timeout: Duration,
+}
+
+/// Where vector memories live.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum MemoryBackend {
+    Sqlite,
+    Qdrant,
+}
+
+/// Where the fact graph lives.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum FactsBackend {
+    Sqlite,
+    Neo4j,
+}
+
+/// Where the durable job queue lives.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum JobsBackend {
+    Sqlite,
+    Redis,
+}
+
+/// Where conversation history and profiles live.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum HistoryBackend {
+    Sqlite,
+    Postgres,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CharactersSection {
+    pub dir: PathBuf,
+    pub default: String,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LoggingSection {
+    pub level: String,
+    pub format: LogFormat,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    Pretty,
+    Json,
+}
