@@ -440,7 +440,11 @@ fn new_fact(subject: &str, predicate: &str, object: &str) -> whisper_actors::gra
     }
 }
 
-async fn facts_contract(store: Arc<dyn whisper_actors::graph::FactStore>) {
+/// The fact contract, through the GraphActor pool the app puts in front of every backend (it
+/// normalises subjects before the store sees them).
+async fn facts_contract(backend: Arc<dyn whisper_actors::graph::FactStore>) {
+    use whisper_actors::graph::FactStore as _;
+    let store = whisper_actors::graph::GraphPool::start(backend, 2, Default::default());
     let single = vec!["lives_in".to_owned()];
     let triples = |facts: Vec<whisper_actors::graph::Fact>| {
         let mut t: Vec<String> = facts

@@ -291,6 +291,10 @@ fn the_embedder_survives_a_panic() {
         let embedder = app.embedder().expect("embeddings are on");
         assert!(embedder.inject_panic().await.is_err());
         pool_restarts(&app, "EmbedderActor", 1).await;
+        // The next request to it is answered by a fresh session (built on the restart).
+        use whisper_actors::ports::Embedder as _;
+        let vectors = embedder.embed(vec!["hello there".into()]).await.unwrap();
+        assert_eq!(vectors[0].len(), embedder.dimensions());
         let mut ida = Client::new("aria", "test:ida");
         let hello = ida.ask(&app, "hi!").await;
         assert!(is_done(&hello), "{hello:?}");
