@@ -23,6 +23,7 @@ pub mod pool;
 pub mod ports;
 pub mod routing;
 pub mod runtime;
+pub mod shutdown;
 pub mod sink;
 pub mod stats;
 pub mod supervision;

@@ -1,5 +1,8 @@
 //! The Discord transport end to end: the real serenity client against the loopback emulator
 //! (`tests/support/discord.rs`), the real runtime, SQLite and the scripted model server.
+//!
+//! One file on purpose: the tests share the `Rig` (emulator, bots, model) and its helpers;
+//! each test is one behaviour a user of a Discord bot relies on.
 
 use std::time::Duration;
 

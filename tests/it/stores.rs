@@ -1,5 +1,8 @@
 //! One contract per store trait, run against every implementation: the embedded SQLite one and
 //! the server one (PostgreSQL on this machine, in a schema of its own per test).
+//!
+//! One file on purpose: the contracts and the stores they run against are read side by side;
+//! each contract is one function and each store one short test calling it.
 
 use std::sync::Arc;
 use std::time::Duration;

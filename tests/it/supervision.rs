@@ -173,6 +173,8 @@ fn status_shows_every_pool_with_its_backend_and_size() {
         s.pools.memory = 3;
         s.pools.graph = 2;
         s.pools.history = 4;
+        s.pools.classifier = 2;
+        s.jobs.workers = 3;
         let app = start(s, extras(vec![])).await;
         assert_pools(
             &app,
@@ -181,7 +183,10 @@ fn status_shows_every_pool_with_its_backend_and_size() {
                 ("MemoryActor (sqlite)", 3),
                 ("GraphActor (sqlite)", 2),
                 ("memory threads (sqlite)", 3),
+                ("fact threads (sqlite)", 2),
                 ("EmbedderActor", 1),
+                ("ClassifierActor", 2),
+                ("JobWorker (sqlite)", 3),
             ],
         );
         app.shutdown().await;
@@ -200,8 +205,12 @@ fn status_shows_server_pools_with_their_backends() {
         s.pools.memory = 3;
         s.pools.graph = 2;
         s.pools.postgres = 5;
+        s.pools.neo4j = 4;
         s.storage.history = whisperengine::config::HistoryBackend::Postgres;
         s.storage.postgres_url = schema.url().into();
+        s.storage.jobs = whisperengine::config::JobsBackend::Redis;
+        let prefix = crate::stores::RedisPrefix::new();
+        s.storage.redis_prefix = prefix.0.clone();
         graph.configure(&mut s);
         let app = start(s, extras(vec![])).await;
         assert_pools(
@@ -210,6 +219,8 @@ fn status_shows_server_pools_with_their_backends() {
                 ("history (postgres)", 5),
                 ("MemoryActor (sqlite)", 3),
                 ("GraphActor (neo4j)", 2),
+                ("neo4j connections", 4),
+                ("JobWorker (redis)", 2),
             ],
         );
         let mut ola = Client::new("aria", "test:ola");

@@ -5,6 +5,9 @@
 //!
 //! Every REST call is recorded with its time, and faults can be injected: a 429 with
 //! retry-after, a 403, a reply deleted under the bot, a dropped gateway connection.
+//!
+//! One file on purpose: the gateway and REST halves share the emulator's state (messages,
+//! bots, faults) and are only useful together.
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::net::SocketAddr;

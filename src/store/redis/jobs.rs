@@ -13,6 +13,9 @@
 //! Every multi-key change is one Lua script, so a crash between two commands cannot lose or
 //! duplicate a job. The scripts reach keys derived from the job id, so this targets a single
 //! Redis server (not Redis Cluster).
+//!
+//! Longer than most modules on purpose: the Lua scripts that make each queue operation atomic
+//! sit beside the Rust that calls them, so the two are read and changed together.
 
 use std::time::Duration;
 
