@@ -164,7 +164,8 @@ fn export(s: &StatusSnapshot) {
         gauge!("whisper_pool_size", "pool" => name.clone()).set(pool.size as f64);
         gauge!("whisper_pool_queue_depth", "pool" => name.clone()).set(pool.queue_depth as f64);
         counter!("whisper_store_errors_total", "pool" => name.clone()).absolute(pool.errors);
-        counter!("whisper_pool_restarts_total", "pool" => name).absolute(pool.restarts);
+        counter!("whisper_pool_restarts_total", "pool" => name.clone()).absolute(pool.restarts);
+        counter!("whisper_pool_escalations_total", "pool" => name).absolute(pool.escalations);
     }
 }
 

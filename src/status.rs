@@ -140,8 +140,8 @@ pub fn render(file: &StatusFile, alive: bool) -> String {
     out.push_str("\npools:\n");
     for p in &s.pools {
         out.push_str(&format!(
-            "  {:<26} size {:>3}  in flight {:>4}  errors {:>4}  restarts {}\n",
-            p.name, p.size, p.queue_depth, p.errors, p.restarts
+            "  {:<26} size {:>3}  in flight {:>4}  errors {:>4}  restarts {}  escalations {}\n",
+            p.name, p.size, p.queue_depth, p.errors, p.restarts, p.escalations
         ));
     }
     out.push_str(&format!(

@@ -3,37 +3,90 @@
 //! member and counts what the pool is doing for `status` and `/metrics`.
 //!
 //! A panic inside a member's handler never hangs its caller: [`guarded`] turns it into an error
-//! answer and stops the member, which its actix `Supervisor` restarts at once (the members are
-//! stateless fronts of a store, so a restart loses nothing); the restart is counted.
+//! answer and stops the member, which its actix `Supervisor` restarts under `[supervision]`
+//! ([`MemberRestarts`]: counted, after a backoff; past the budget the pool replaces it).
 
 use std::future::Future;
 use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::RwLock;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 
 use actix::prelude::*;
 use futures::FutureExt;
 
 use crate::ports::StoreError;
 use crate::stats::PoolStats;
+use crate::supervision::{RestartDecision, RestartPolicy, RestartTracker};
 
 /// A pool of `A` actors and the arbiters they run on.
 pub struct Pool<A: Actor> {
-    members: Arc<Vec<Addr<A>>>,
+    members: Arc<Vec<Member<A>>>,
+    make: Arc<dyn Fn(MemberRestarts) -> A + Send + Sync>,
+    policy: RestartPolicy,
     next: Arc<AtomicUsize>,
     stats: Arc<PoolStats>,
     kind: &'static str,
-    arbiters: Arc<Vec<Arbiter>>,
+}
+
+/// One seat in the pool: the member's address (replaced when it escalates) and its arbiter.
+struct Member<A: Actor> {
+    addr: RwLock<Addr<A>>,
+    /// Set by the member when its restart budget is spent: the pool replaces it.
+    escalated: Arc<AtomicBool>,
+    arbiter: Arbiter,
 }
 
 impl<A: Actor> Clone for Pool<A> {
     fn clone(&self) -> Self {
         Self {
             members: self.members.clone(),
+            make: self.make.clone(),
+            policy: self.policy.clone(),
             next: self.next.clone(),
             stats: self.stats.clone(),
             kind: self.kind,
-            arbiters: self.arbiters.clone(),
+        }
+    }
+}
+
+/// A pool member's restarts under `[supervision]`: each restart is counted and waits out its
+/// backoff (the member's mailbox holds its messages meanwhile, so callers wait, never fail
+/// for it); past `max_restarts` within the window the member escalates to its pool, which
+/// replaces it with a fresh one built from the pool's factory.
+pub struct MemberRestarts {
+    kind: &'static str,
+    tracker: RestartTracker,
+    stats: Arc<PoolStats>,
+    escalated: Arc<AtomicBool>,
+}
+
+impl MemberRestarts {
+    /// Call from the member's `Supervised::restarting`.
+    pub fn restarting<A>(&mut self, ctx: &mut Context<A>)
+    where
+        A: Actor<Context = Context<A>>,
+    {
+        self.stats.restarts.inc();
+        match self.tracker.on_failure(std::time::Instant::now()) {
+            RestartDecision::Restart { attempt, backoff } => {
+                tracing::warn!(
+                    kind = self.kind,
+                    attempt,
+                    ?backoff,
+                    "restarting after a panic"
+                );
+                ctx.wait(actix::fut::wrap_future(tokio::time::sleep(backoff)));
+            }
+            RestartDecision::Escalate { failures } => {
+                self.stats.escalations.inc();
+                self.escalated.store(true, Ordering::Release);
+                tracing::error!(
+                    kind = self.kind,
+                    failures,
+                    "restart budget spent; escalated to the pool, which replaces this member"
+                );
+            }
         }
     }
 }
@@ -42,34 +95,80 @@ impl<A> Pool<A>
 where
     A: Actor<Context = Context<A>> + Supervised,
 {
-    /// Starts `size` (at least one) members, each under a Supervisor on its own arbiter.
-    /// Must run inside an actix System.
+    /// Starts `size` (at least one) members, each under a Supervisor on its own arbiter,
+    /// restarted under `policy`. Must run inside an actix System.
     pub fn start(
         kind: &'static str,
         size: usize,
         stats: Arc<PoolStats>,
-        make: impl Fn() -> A + Send + Sync + 'static,
+        policy: RestartPolicy,
+        make: impl Fn(MemberRestarts) -> A + Send + Sync + 'static,
     ) -> Self {
-        let make = Arc::new(make);
+        let make: Arc<dyn Fn(MemberRestarts) -> A + Send + Sync> = Arc::new(make);
         let size = size.max(1);
         stats.size.set(size as u64);
-        let mut members = Vec::with_capacity(size);
-        let mut arbiters = Vec::with_capacity(size);
-        for _ in 0..size {
-            let arbiter = Arbiter::new();
-            let make = make.clone();
-            members.push(Supervisor::start_in_arbiter(&arbiter.handle(), move |_| {
-                make()
-            }));
-            arbiters.push(arbiter);
-        }
+        let members = (0..size)
+            .map(|_| {
+                let arbiter = Arbiter::new();
+                let escalated = Arc::new(AtomicBool::new(false));
+                let addr = Self::spawn(&arbiter, &make, kind, &policy, &stats, &escalated);
+                Member {
+                    addr: RwLock::new(addr),
+                    escalated,
+                    arbiter,
+                }
+            })
+            .collect();
         Self {
             members: Arc::new(members),
+            make,
+            policy,
             next: Arc::new(AtomicUsize::new(0)),
             stats,
             kind,
-            arbiters: Arc::new(arbiters),
         }
+    }
+
+    fn spawn(
+        arbiter: &Arbiter,
+        make: &Arc<dyn Fn(MemberRestarts) -> A + Send + Sync>,
+        kind: &'static str,
+        policy: &RestartPolicy,
+        stats: &Arc<PoolStats>,
+        escalated: &Arc<AtomicBool>,
+    ) -> Addr<A> {
+        escalated.store(false, Ordering::Release);
+        let restarts = MemberRestarts {
+            kind,
+            tracker: RestartTracker::new(policy.clone()),
+            stats: stats.clone(),
+            escalated: escalated.clone(),
+        };
+        let make = make.clone();
+        Supervisor::start_in_arbiter(&arbiter.handle(), move |_| make(restarts))
+    }
+
+    /// The member at `at`, replaced first if it escalated (its old actor stops once the last
+    /// request to it is answered, when its address is dropped).
+    fn member(&self, at: usize) -> Addr<A> {
+        let member = &self.members[at];
+        if member.escalated.swap(false, Ordering::AcqRel) {
+            let fresh = Self::spawn(
+                &member.arbiter,
+                &self.make,
+                self.kind,
+                &self.policy,
+                &self.stats,
+                &member.escalated,
+            );
+            *member.addr.write().unwrap_or_else(|e| e.into_inner()) = fresh;
+            tracing::warn!(kind = self.kind, member = at, "escalated member replaced");
+        }
+        member
+            .addr
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
     }
 
     pub fn size(&self) -> usize {
@@ -89,8 +188,9 @@ where
         M::Result: Send,
     {
         let at = self.next.fetch_add(1, Ordering::Relaxed) % self.members.len();
+        let member = self.member(at);
         self.stats.queue_depth.inc();
-        let result = self.members[at].send(msg).await;
+        let result = member.send(msg).await;
         self.stats.queue_depth.dec();
         result
     }
@@ -116,8 +216,8 @@ where
 
     /// Stops every member's arbiter.
     pub fn stop(&self) {
-        for arbiter in self.arbiters.iter() {
-            arbiter.stop();
+        for member in self.members.iter() {
+            member.arbiter.stop();
         }
     }
 }

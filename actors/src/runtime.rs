@@ -157,13 +157,14 @@ impl Runtime {
         ];
         let mut classifier_addr = None;
         if let Some(intents) = parts.intents.filter(|_| classifies) {
-            let (counted, pool_stats) = (stats.clone(), classifier_stats.clone());
+            let counted = stats.clone();
             let classifier = Pool::start(
                 "ClassifierActor",
                 settings.classifier_pool,
                 classifier_stats,
-                move || {
-                    ClassifierActor::counted(intents.clone(), counted.clone(), pool_stats.clone())
+                settings.restart.clone(),
+                move |restarts| {
+                    ClassifierActor::counted(intents.clone(), counted.clone(), restarts)
                 },
             );
             classifier_addr = Some(classifier.clone());

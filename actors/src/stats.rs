@@ -78,6 +78,8 @@ pub struct PoolStats {
     pub errors: Gauge,
     /// Members restarted after a panic.
     pub restarts: Gauge,
+    /// Members replaced by the pool after spending their restart budget.
+    pub escalations: Gauge,
 }
 
 /// Restarts after a panic, by actor kind (conversations count per shard, pools per pool).
@@ -151,6 +153,7 @@ impl RuntimeStats {
                     queue_depth: p.queue_depth.get(),
                     errors: p.errors.get(),
                     restarts: p.restarts.get(),
+                    escalations: p.escalations.get(),
                 })
                 .collect(),
             messages: self.pipeline.messages.get(),
@@ -202,6 +205,8 @@ pub struct PoolStatus {
     pub errors: u64,
     #[serde(default)]
     pub restarts: u64,
+    #[serde(default)]
+    pub escalations: u64,
 }
 
 /// A point-in-time view of the runtime, serialisable for the status file.

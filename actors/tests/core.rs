@@ -13,6 +13,7 @@ use whisper_actors::key::{ConversationKey, Scope};
 use whisper_actors::memory::{MemoryChunk, MemoryKind, MemoryPool, MemoryQuery, MemoryStore};
 use whisper_actors::pool::InjectPanic;
 use whisper_actors::stats::PoolStats;
+use whisper_actors::supervision::RestartPolicy;
 
 use doubles::{MemoryQueue, MemoryVec};
 
@@ -94,6 +95,15 @@ async fn a_job_worker_survives_a_panicking_job() {
     );
 }
 
+fn policy(max_restarts: u32) -> RestartPolicy {
+    RestartPolicy {
+        max_restarts,
+        window: Duration::from_secs(10),
+        backoff_initial: Duration::from_millis(20),
+        backoff_max: Duration::from_millis(40),
+    }
+}
+
 fn chunk(user: &str, vector: [f32; 2]) -> MemoryChunk {
     MemoryChunk {
         key: ConversationKey::new("aria", user),
@@ -113,7 +123,7 @@ fn chunk(user: &str, vector: [f32; 2]) -> MemoryChunk {
 #[actix_rt::test]
 async fn a_memory_pool_member_restarts_after_a_panic() {
     let stats = Arc::new(PoolStats::default());
-    let pool = MemoryPool::start(Arc::new(MemoryVec::default()), 2, stats.clone());
+    let pool = MemoryPool::start(Arc::new(MemoryVec::default()), 2, stats.clone(), policy(3));
     assert_eq!(stats.size.get(), 2);
     pool.add(vec![chunk("ann", [1.0, 0.0]), chunk("bob", [1.0, 0.0])])
         .await
@@ -137,4 +147,29 @@ async fn a_memory_pool_member_restarts_after_a_panic() {
         assert_eq!(texts, ["ann likes tea"], "one user's memories only");
     }
     assert_eq!(stats.queue_depth.get(), 0);
+}
+
+/// Past its restart budget a member escalates to its pool, which replaces it with a fresh one;
+/// a restart inside the budget waits out its backoff, holding (not failing) the next request.
+#[actix_rt::test]
+async fn a_member_past_its_budget_is_replaced_by_the_pool() {
+    let stats = Arc::new(PoolStats::default());
+    let pool = MemoryPool::start(Arc::new(MemoryVec::default()), 1, stats.clone(), policy(1));
+    assert!(pool.0.call(InjectPanic).await.is_err());
+    let started = std::time::Instant::now();
+    pool.add(vec![chunk("ann", [1.0, 0.0])]).await.unwrap();
+    assert!(
+        started.elapsed() >= Duration::from_millis(20),
+        "the restarted member waited out its backoff before serving"
+    );
+    assert_eq!((stats.restarts.get(), stats.escalations.get()), (1, 0));
+
+    assert!(pool.0.call(InjectPanic).await.is_err());
+    until("the escalation", || stats.escalations.get() == 1).await;
+    let listed = pool
+        .list(&ConversationKey::new("aria", "ann"), 5)
+        .await
+        .expect("the fresh member serves");
+    assert_eq!(listed.len(), 1, "the store behind the pool kept its data");
+    assert_eq!(stats.restarts.get(), 2);
 }

@@ -86,10 +86,19 @@ impl Topology {
         // everything that reads or writes memories and facts goes through them.
         let s = &settings.storage;
         let memory_pool_stats = Arc::new(PoolStats::default());
-        let memory_pool =
-            MemoryPool::start(memory, settings.pools.memory, memory_pool_stats.clone());
+        let memory_pool = MemoryPool::start(
+            memory,
+            settings.pools.memory,
+            memory_pool_stats.clone(),
+            settings.restart_policy(),
+        );
         let graph_pool_stats = Arc::new(PoolStats::default());
-        let graph_pool = GraphPool::start(facts, settings.pools.graph, graph_pool_stats.clone());
+        let graph_pool = GraphPool::start(
+            facts,
+            settings.pools.graph,
+            graph_pool_stats.clone(),
+            settings.restart_policy(),
+        );
         let user_data = UserData {
             db,
             history: history.clone(),

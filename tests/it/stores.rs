@@ -447,7 +447,8 @@ fn new_fact(subject: &str, predicate: &str, object: &str) -> whisper_actors::gra
 /// normalises subjects before the store sees them).
 async fn facts_contract(backend: Arc<dyn whisper_actors::graph::FactStore>) {
     use whisper_actors::graph::FactStore as _;
-    let store = whisper_actors::graph::GraphPool::start(backend, 2, Default::default());
+    let store =
+        whisper_actors::graph::GraphPool::start(backend, 2, Default::default(), Default::default());
     let single = vec!["lives_in".to_owned()];
     let triples = |facts: Vec<whisper_actors::graph::Fact>| {
         let mut t: Vec<String> = facts

@@ -150,10 +150,7 @@ impl ContextProvider for ClassifierProvider {
 /// (`pools.classifier`) serves every shard on a small bot.
 pub struct ClassifierActor {
     intents: IntentSet,
-    restarts: Option<(
-        Arc<crate::stats::RuntimeStats>,
-        Arc<crate::stats::PoolStats>,
-    )>,
+    restarts: Option<(Arc<crate::stats::RuntimeStats>, crate::pool::MemberRestarts)>,
 }
 
 impl ClassifierActor {
@@ -164,11 +161,12 @@ impl ClassifierActor {
         }
     }
 
-    /// Counts its restarts by kind in `stats` and in its pool's `pool` (both shown by status).
+    /// A pool member: restarts under its pool's policy, counted by kind in `stats` and in the
+    /// pool (both shown by status).
     pub fn counted(
         intents: IntentSet,
         stats: Arc<crate::stats::RuntimeStats>,
-        pool: Arc<crate::stats::PoolStats>,
+        pool: crate::pool::MemberRestarts,
     ) -> Self {
         Self {
             intents,
@@ -182,10 +180,10 @@ impl Actor for ClassifierActor {
 }
 
 impl Supervised for ClassifierActor {
-    fn restarting(&mut self, _: &mut Self::Context) {
-        if let Some((stats, pool)) = &self.restarts {
+    fn restarting(&mut self, ctx: &mut Self::Context) {
+        if let Some((stats, pool)) = &mut self.restarts {
             stats.supervision.classifier.inc();
-            pool.restarts.inc();
+            pool.restarting(ctx);
         }
         tracing::warn!("classifier actor restarted");
     }

@@ -5,17 +5,17 @@ use std::sync::Arc;
 
 use actix::prelude::*;
 use async_trait::async_trait;
-use tracing::warn;
 
 use crate::graph::{Fact, FactStore, NewFact};
-use crate::pool::{InjectPanic, Pool, guarded};
+use crate::pool::{InjectPanic, MemberRestarts, Pool, guarded};
 use crate::ports::StoreError;
 use crate::stats::PoolStats;
+use crate::supervision::RestartPolicy;
 
 /// One member of the graph pool: fact lookup and upsert.
 pub struct GraphActor {
     store: Arc<dyn FactStore>,
-    stats: Arc<PoolStats>,
+    restarts: MemberRestarts,
 }
 
 impl Actor for GraphActor {
@@ -23,9 +23,8 @@ impl Actor for GraphActor {
 }
 
 impl Supervised for GraphActor {
-    fn restarting(&mut self, _: &mut Self::Context) {
-        self.stats.restarts.inc();
-        warn!(kind = "GraphActor", "restarted");
+    fn restarting(&mut self, ctx: &mut Self::Context) {
+        self.restarts.restarting(ctx);
     }
 }
 
@@ -93,11 +92,17 @@ pub struct GraphPool(pub Pool<GraphActor>);
 
 impl GraphPool {
     /// Starts `size` GraphActors in front of `store`. Must run inside an actix System.
-    pub fn start(store: Arc<dyn FactStore>, size: usize, stats: Arc<PoolStats>) -> Self {
-        let member_stats = stats.clone();
-        Self(Pool::start(GRAPH, size, stats, move || GraphActor {
-            store: store.clone(),
-            stats: member_stats.clone(),
+    pub fn start(
+        store: Arc<dyn FactStore>,
+        size: usize,
+        stats: Arc<PoolStats>,
+        policy: RestartPolicy,
+    ) -> Self {
+        Self(Pool::start(GRAPH, size, stats, policy, move |restarts| {
+            GraphActor {
+                store: store.clone(),
+                restarts,
+            }
         }))
     }
 }

@@ -7,18 +7,18 @@ use std::sync::Arc;
 
 use actix::prelude::*;
 use async_trait::async_trait;
-use tracing::warn;
 
 use crate::key::ConversationKey;
 use crate::memory::{Candidate, MemoryChunk, MemoryQuery, MemoryStore};
-use crate::pool::{InjectPanic, Pool, guarded};
+use crate::pool::{InjectPanic, MemberRestarts, Pool, guarded};
 use crate::ports::StoreError;
 use crate::stats::PoolStats;
+use crate::supervision::RestartPolicy;
 
 /// One member of the memory pool: recall and remember.
 pub struct MemoryActor {
     store: Arc<dyn MemoryStore>,
-    stats: Arc<PoolStats>,
+    restarts: MemberRestarts,
 }
 
 impl Actor for MemoryActor {
@@ -26,9 +26,8 @@ impl Actor for MemoryActor {
 }
 
 impl Supervised for MemoryActor {
-    fn restarting(&mut self, _: &mut Self::Context) {
-        self.stats.restarts.inc();
-        warn!(kind = "MemoryActor", "restarted");
+    fn restarting(&mut self, ctx: &mut Self::Context) {
+        self.restarts.restarting(ctx);
     }
 }
 
@@ -99,11 +98,17 @@ pub struct MemoryPool(pub Pool<MemoryActor>);
 
 impl MemoryPool {
     /// Starts `size` MemoryActors in front of `store`. Must run inside an actix System.
-    pub fn start(store: Arc<dyn MemoryStore>, size: usize, stats: Arc<PoolStats>) -> Self {
-        let member_stats = stats.clone();
-        Self(Pool::start(MEMORY, size, stats, move || MemoryActor {
-            store: store.clone(),
-            stats: member_stats.clone(),
+    pub fn start(
+        store: Arc<dyn MemoryStore>,
+        size: usize,
+        stats: Arc<PoolStats>,
+        policy: RestartPolicy,
+    ) -> Self {
+        Self(Pool::start(MEMORY, size, stats, policy, move |restarts| {
+            MemoryActor {
+                store: store.clone(),
+                restarts,
+            }
         }))
     }
 }
