@@ -16,6 +16,35 @@ pub trait RateLimiter: Send + Sync + 'static {
     async fn allow(&self, user: &str) -> Result<bool, StoreError>;
 }
 
+/// Limits only the users of the listed transports (the part of the user id before `:`, e.g.
+/// `discord`): the terminal chat is the operator's own and is never told to slow down.
+pub struct ForTransports {
+    inner: std::sync::Arc<dyn RateLimiter>,
+    transports: Vec<String>,
+}
+
+impl ForTransports {
+    pub fn new(inner: std::sync::Arc<dyn RateLimiter>, transports: Vec<String>) -> Self {
+        Self { inner, transports }
+    }
+
+    fn applies_to(&self, user: &str) -> bool {
+        let transport = user.split_once(':').map_or(user, |(t, _)| t);
+        self.transports.iter().any(|t| t == transport)
+    }
+}
+
+#[async_trait]
+impl RateLimiter for ForTransports {
+    async fn allow(&self, user: &str) -> Result<bool, StoreError> {
+        if self.applies_to(user) {
+            self.inner.allow(user).await
+        } else {
+            Ok(true)
+        }
+    }
+}
+
 /// A sliding window per user, in this process. Users idle for a whole window are dropped, so
 /// the map holds only recent senders.
 pub struct LocalRateLimiter {
@@ -57,6 +86,17 @@ impl RateLimiter for LocalRateLimiter {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn only_the_listed_transports_are_limited() {
+        let inner = std::sync::Arc::new(LocalRateLimiter::new(1, Duration::from_secs(60)));
+        let limiter = ForTransports::new(inner, vec!["discord".into()]);
+        assert!(limiter.allow("discord:1").await.unwrap());
+        assert!(!limiter.allow("discord:1").await.unwrap(), "over the limit");
+        for _ in 0..5 {
+            assert!(limiter.allow("console:operator").await.unwrap());
+        }
+    }
 
     #[tokio::test(start_paused = true)]
     async fn the_window_slides() {

@@ -65,7 +65,7 @@ pub(super) async fn redis_extras(
                 limits.window,
             )) as Arc<dyn RateLimiter>
         });
-        return Ok((history, limiter));
+        return Ok((history, limiter.map(|l| for_transports(l, limits))));
     }
     let pool = crate::store::redis::jobs::pool(
         s.redis_url.expose(),
@@ -83,7 +83,17 @@ pub(super) async fn redis_extras(
         )) as Arc<dyn RateLimiter>
     });
     let cached = CachedHistory::new(history, pool, &s.redis_prefix, s.cache_ttl);
-    Ok((Arc::new(cached), limiter))
+    Ok((Arc::new(cached), limiter.map(|l| for_transports(l, limits))))
+}
+
+fn for_transports(
+    limiter: Arc<dyn RateLimiter>,
+    limits: &crate::config::LimitsSection,
+) -> Arc<dyn RateLimiter> {
+    Arc::new(whisper_actors::limits::ForTransports::new(
+        limiter,
+        limits.transports.clone(),
+    ))
 }
 
 /// The configured vector memory (embedded SQLite or Qdrant) and its pool's stats.

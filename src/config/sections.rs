@@ -128,6 +128,8 @@ pub struct LimitsSection {
     pub messages_per_window: u64,
     #[serde(with = "humantime_serde")]
     pub window: Duration,
+    /// The transports whose users are limited (`discord`; the console is the operator's).
+    pub transports: Vec<String>,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]

@@ -15,6 +15,7 @@ async fn flood(redis: Option<&RedisPrefix>) {
     s.classifier.enabled = false;
     s.limits.messages_per_window = 3;
     s.limits.window = Duration::from_secs(60);
+    s.limits.transports = vec!["test".into()];
     if let Some(prefix) = redis {
         s.storage.redis_cache = true;
         s.storage.redis_prefix = prefix.0.clone();
@@ -28,7 +29,7 @@ async fn flood(redis: Option<&RedisPrefix>) {
     let over = fast.ask(&app, "message 3").await;
     assert_eq!(over.status, ReplyStatus::Failed(FailureKind::RateLimited));
     assert!(
-        over.text.contains("faster than I can read"),
+        over.text.contains("faster than I can read") && over.text.contains("isn't saved"),
         "{}",
         over.text
     );
@@ -43,6 +44,46 @@ async fn flood(redis: Option<&RedisPrefix>) {
     );
     assert_eq!(app.runtime().status().rate_limited, 1);
     app.shutdown().await;
+}
+
+/// The terminal chat is the operator's: with the default `limits.transports` its messages are
+/// never refused, and every one of them is answered and stored.
+#[test]
+fn the_console_is_not_rate_limited() {
+    run_actix(|| async {
+        let llm = ScriptedLlm::start().await;
+        let dir = tempfile::tempdir().unwrap();
+        let mut s = settings(dir.path(), &llm.base_url());
+        s.classifier.enabled = false;
+        s.limits.messages_per_window = 3;
+        s.limits.window = Duration::from_secs(60);
+        let app = start(s, extras(vec![])).await;
+        let mut op = Client::new("aria", "console:operator");
+        for i in 0..10 {
+            let reply = op.ask(&app, &format!("line {i}")).await;
+            assert!(is_done(&reply), "line {i}: {reply:?}");
+        }
+        drain(&app).await;
+        let key = whisper_actors::ConversationKey::new("aria", "console:operator");
+        let stored = app
+            .user_data()
+            .history(&key, &whisper_actors::Scope::Console, 50)
+            .await
+            .unwrap();
+        assert_eq!(stored.len(), 10, "every line is stored");
+        assert_eq!(app.runtime().status().rate_limited, 0);
+        let mut dee = Client::new("aria", "discord:77");
+        for i in 0..3 {
+            assert!(is_done(&dee.ask(&app, &format!("message {i}")).await));
+        }
+        let over = dee.ask(&app, "one more").await;
+        assert_eq!(
+            over.status,
+            ReplyStatus::Failed(FailureKind::RateLimited),
+            "Discord users are"
+        );
+        app.shutdown().await;
+    });
 }
 
 #[test]

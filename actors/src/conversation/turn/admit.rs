@@ -5,8 +5,9 @@ use tracing::warn;
 use crate::conversation::ConversationDeps;
 use crate::messages::UserMessage;
 
-pub const RATE_LIMITED: &str =
-    "You're sending messages faster than I can read them. Give me a moment, then try again.";
+/// The notice says the message was not kept: a refused message is stored nowhere.
+pub const RATE_LIMITED: &str = "You're sending messages faster than I can read them, so I skipped \
+that one (it isn't saved). Give me a moment, then send it again.";
 
 /// Whether the message may go on. A limiter that is down lets messages through (logged):
 /// limits protect capacity, they must not stop it.
