@@ -436,6 +436,7 @@ fn the_bot_runs_its_jobs_on_redis_when_configured() {
 
 fn new_fact(subject: &str, predicate: &str, object: &str) -> whisper_actors::graph::NewFact {
     whisper_actors::graph::NewFact {
+        replaces: None,
         subject: subject.into(),
         predicate: predicate.into(),
         object: object.into(),
@@ -536,8 +537,38 @@ async fn facts_contract(backend: Arc<dyn whisper_actors::graph::FactStore>) {
         ["user lives_in Oslo"]
     );
 
+    // Predicates nobody configured: `favourite_*` holds one value by itself, and a fact that
+    // names the value it replaces closes it, whatever the predicate.
+    for (fact, at) in [
+        (new_fact("user", "favourite_food", "bibimbap"), 3_000),
+        (new_fact("user", "favourite_food", "ramen"), 3_100),
+        (new_fact("user", "likes", "jazz"), 3_200),
+        (
+            whisper_actors::graph::NewFact {
+                replaces: Some("Jazz".into()),
+                ..new_fact("user", "likes", "techno")
+            },
+            3_300,
+        ),
+    ] {
+        store
+            .upsert("u:a", vec![fact], "changes", &single, at)
+            .await
+            .unwrap();
+    }
+    assert_eq!(
+        triples(store.current("u:a").await.unwrap()),
+        [
+            "Ana works_at the library",
+            "user favourite_food ramen",
+            "user likes techno",
+            "user lives_in Lisbon",
+            "user sister Ana"
+        ]
+    );
+
     // Forget counts every fact of the user, closed ones included, and nobody else's.
-    assert_eq!(store.forget_user("u:a").await.unwrap(), 4);
+    assert_eq!(store.forget_user("u:a").await.unwrap(), 8);
     assert!(store.current("u:a").await.unwrap().is_empty());
     assert_eq!(store.current("u:b").await.unwrap().len(), 1);
 }

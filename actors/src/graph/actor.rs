@@ -117,12 +117,16 @@ impl FactStore for GraphPool {
         single_valued: &[String],
         now_ms: i64,
     ) -> Result<usize, StoreError> {
+        let facts: Vec<NewFact> = facts.into_iter().map(NewFact::normalised).collect();
+        // Which predicates close their old value is the graph's rule, decided here for every
+        // backend; the store only carries it out.
+        let single_valued = crate::graph::single_valued_in(&facts, single_valued);
         self.0
             .call(UpsertFacts {
                 user: user.to_owned(),
-                facts: facts.into_iter().map(NewFact::normalised).collect(),
+                facts,
                 source: source.to_owned(),
-                single_valued: single_valued.to_vec(),
+                single_valued,
                 now_ms,
             })
             .await

@@ -28,7 +28,9 @@ const EXTRACTION_PROMPT: &str = "You extract durable facts about the user from t
 Answer with a JSON array only, no prose. Each item: {\"subject\": \"user\" or an entity name, \
 \"predicate\": snake_case relation such as name, lives_in, works_at, age, likes, has_sibling, \
 has_pet, \"object\": entity or value, \"confidence\": number from 0 to 1}. Use \"user\" for \
-the user themself. Answer [] when there is nothing durable.";
+the user themself. When the message corrects or updates something said before (\"forget X, now \
+it's Y\", \"I moved to Z\", \"not X any more\"), add \"replaces\": the old value. Answer [] \
+when there is nothing durable.";
 
 /// Parses and validates the model's answer; anything off-schema is an error (nothing is stored
 /// half-parsed).

@@ -43,6 +43,51 @@ pub struct NewFact {
     pub predicate: String,
     pub object: String,
     pub confidence: f32,
+    /// The earlier value this one corrects ("forget bibimbap, these days it's ramen"): its
+    /// edge is closed, whatever the predicate.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub replaces: Option<String>,
+}
+
+/// Predicates that hold one value at a time without being configured: a new value closes the
+/// old one. `facts.single_valued` adds to these.
+const SINGLE_VALUED: [&str; 14] = [
+    "name",
+    "age",
+    "birthday",
+    "lives_in",
+    "works_at",
+    "job",
+    "occupation",
+    "employer",
+    "hometown",
+    "nationality",
+    "height",
+    "pronouns",
+    "relationship_status",
+    "timezone",
+];
+
+/// Whether a predicate holds one value at a time: the built-in ones, any `favourite_*` /
+/// `favorite_*` / `current_*`, and what the operator configured.
+pub fn is_single_valued(predicate: &str, configured: &[String]) -> bool {
+    SINGLE_VALUED.contains(&predicate)
+        || ["favourite_", "favorite_", "current_"]
+            .iter()
+            .any(|prefix| predicate.starts_with(prefix))
+        || configured.iter().any(|p| p == predicate)
+}
+
+/// The single-valued predicates among `facts`, for the store's upsert.
+pub fn single_valued_in(facts: &[NewFact], configured: &[String]) -> Vec<String> {
+    let mut found: Vec<String> = facts
+        .iter()
+        .map(|f| f.predicate.clone())
+        .filter(|p| is_single_valued(p, configured))
+        .collect();
+    found.sort();
+    found.dedup();
+    found
 }
 
 impl NewFact {
@@ -60,6 +105,11 @@ impl NewFact {
             predicate: self.predicate.trim().to_owned(),
             object: self.object.trim().to_owned(),
             confidence: self.confidence,
+            // Replacing a value with itself is no correction.
+            replaces: self
+                .replaces
+                .map(|old| old.trim().to_owned())
+                .filter(|old| !old.is_empty() && !old.eq_ignore_ascii_case(self.object.trim())),
         }
     }
 }
@@ -67,7 +117,8 @@ impl NewFact {
 #[async_trait]
 pub trait FactStore: Send + Sync + 'static {
     /// Adds facts; for single-valued predicates a different current value is closed (its
-    /// `valid_to_ms` set), the same value is kept.
+    /// `valid_to_ms` set), the same value is kept; a fact that `replaces` a value closes that
+    /// value's current edge.
     async fn upsert(
         &self,
         user: &str,
@@ -163,8 +214,10 @@ mod tests {
             predicate: " lives_in".into(),
             object: " Lisbon ".into(),
             confidence: 0.9,
+            replaces: Some(" lisbon".into()),
         }
         .normalised();
+        assert_eq!(fact.replaces, None, "a value does not replace itself");
         assert_eq!(
             (
                 fact.subject.as_str(),
@@ -179,6 +232,24 @@ mod tests {
         }
         .normalised();
         assert_eq!(dog.subject, "Rex");
+    }
+
+    #[test]
+    fn obvious_single_valued_predicates_need_no_configuration() {
+        for p in [
+            "favourite_food",
+            "favorite_band",
+            "age",
+            "lives_in",
+            "works_at",
+            "birthday",
+        ] {
+            assert!(is_single_valued(p, &[]), "{p}");
+        }
+        for p in ["likes", "has_sibling", "has_pet", "speaks"] {
+            assert!(!is_single_valued(p, &[]), "{p}");
+        }
+        assert!(is_single_valued("drives", &["drives".into()]));
     }
 
     fn fact(s: &str, p: &str, o: &str) -> Fact {

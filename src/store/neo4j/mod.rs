@@ -266,6 +266,22 @@ impl FactStore for Neo4jFacts {
             {
                 exists += row.get::<i64>("n").unwrap_or(0);
             }
+            if let Some(old) = &f.replaces {
+                // A correction names the value it replaces: that edge is closed.
+                txn.run(
+                    query(
+                        "MATCH (s:Entity {uid: $suid})-[r:REL]->(o:Entity {uid: $olduid})
+                         WHERE r.predicate = $p AND r.valid_to_ms IS NULL
+                         SET r.valid_to_ms = $now",
+                    )
+                    .param("suid", suid.clone())
+                    .param("olduid", uid(user, &old.to_lowercase()))
+                    .param("p", f.predicate.clone())
+                    .param("now", now_ms),
+                )
+                .await
+                .map_err(failed("close replaced fact"))?;
+            }
             if exists > 0 {
                 continue;
             }

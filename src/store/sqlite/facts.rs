@@ -59,6 +59,14 @@ impl Handler<Upsert> for Worker {
                     params![msg.user, subject, f.predicate, object],
                     |r| r.get(0),
                 )?;
+                if let Some(old) = &f.replaces {
+                    // A correction names the value it replaces: that edge is closed.
+                    tx.execute(
+                        "UPDATE facts SET valid_to_ms = ?5 WHERE user_id = ?1 AND subject = ?2 AND predicate = ?3
+                         AND object = ?4 COLLATE NOCASE AND valid_to_ms IS NULL",
+                        params![msg.user, subject, f.predicate, old, msg.now_ms],
+                    )?;
+                }
                 if exists {
                     continue;
                 }
