@@ -92,6 +92,8 @@ pub struct RuntimeParts {
 pub struct FactSettings {
     pub extract: bool,
     pub hops: usize,
+    /// What the facts section may take of the prompt, in tokens.
+    pub token_budget: usize,
     pub deadline: Duration,
     pub single_valued: Vec<String>,
     pub min_confidence: f32,
@@ -186,6 +188,7 @@ impl Runtime {
             providers.push(Arc::new(FactProvider {
                 store: store.clone(),
                 hops: settings.facts.hops,
+                token_budget: settings.facts.token_budget,
                 deadline: settings.facts.deadline,
             }));
         }

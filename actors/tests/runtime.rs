@@ -60,6 +60,7 @@ fn settings(shards: u32) -> RuntimeSettings {
         facts: FactSettings {
             extract: false,
             hops: 1,
+            token_budget: 300,
             deadline: ms(500),
             single_valued: Vec::new(),
             min_confidence: 0.5,

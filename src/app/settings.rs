@@ -58,6 +58,7 @@ impl Settings {
             facts: FactSettings {
                 extract: self.facts.extract,
                 hops: self.facts.hops,
+                token_budget: self.facts.token_budget,
                 deadline: self.context.facts_deadline,
                 single_valued: self.facts.single_valued.clone(),
                 min_confidence: self.facts.min_confidence,

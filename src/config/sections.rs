@@ -118,6 +118,7 @@ pub struct FactsSection {
     pub model: String,
     pub min_confidence: f32,
     pub hops: usize,
+    pub token_budget: usize,
     pub single_valued: Vec<String>,
 }
 

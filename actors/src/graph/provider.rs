@@ -13,6 +13,7 @@ use crate::conversation::context::{
 pub struct FactProvider {
     pub store: Arc<dyn FactStore>,
     pub hops: usize,
+    pub token_budget: usize,
     pub deadline: Duration,
 }
 
@@ -29,7 +30,7 @@ impl ContextProvider for FactProvider {
     }
     async fn fetch(&self, request: &ContextRequest) -> Result<ContextPiece, ProviderError> {
         let facts = self.store.current(&request.key.user).await?;
-        let selected = select(&facts, &request.text, self.hops);
+        let selected = select(&facts, &request.text, self.hops, self.token_budget);
         let body = if selected.is_empty() {
             "None known yet.".to_owned()
         } else {
