@@ -44,6 +44,7 @@ fn instant() -> Extras {
         providers: vec![],
         model: Some(Arc::new(InstantModel)),
         tools: Vec::new(),
+        clock: None,
     }
 }
 

@@ -85,6 +85,8 @@ pub struct RuntimeParts {
     pub limiter: Option<Arc<dyn crate::limits::RateLimiter>>,
     /// Worker pools the adapters run, shown in status.
     pub pools: Vec<(String, Arc<PoolStats>)>,
+    /// Where conversations read the time (`None`: the system clock).
+    pub clock: Option<Arc<dyn crate::clock::Clock>>,
 }
 
 /// How facts are extracted and recalled.
@@ -139,6 +141,10 @@ impl Runtime {
             ));
         }
         let stats = Arc::new(RuntimeStats::new(settings.shards as usize, pools));
+        let clock = parts
+            .clock
+            .clone()
+            .unwrap_or_else(|| Arc::new(crate::clock::SystemClock));
 
         let llm_arbiter = Arbiter::new();
         let (model, policy, llm_stats) = (parts.model, settings.llm.clone(), stats.clone());
@@ -182,6 +188,7 @@ impl Runtime {
                 rank: settings.memory.rank.clone(),
                 guild_memories_in_dm: settings.memory.guild_memories_in_dm,
                 deadline: settings.memory.deadline,
+                clock: clock.clone(),
             }));
         }
         if let Some(store) = &parts.facts {
@@ -202,12 +209,14 @@ impl Runtime {
                     embedder: embedder.clone(),
                     rank: settings.memory.rank.clone(),
                     guild_memories_in_dm: settings.memory.guild_memories_in_dm,
+                    clock: clock.clone(),
                 }));
                 tools.push(Arc::new(RecallSummaries {
                     store: store.clone(),
                     embedder: embedder.clone(),
                     guild_memories_in_dm: settings.memory.guild_memories_in_dm,
                     limit: settings.tools.summaries,
+                    clock: clock.clone(),
                 }));
             }
             if let Some(store) = &parts.facts {
@@ -251,6 +260,7 @@ impl Runtime {
         });
 
         let deps = Arc::new(ConversationDeps {
+            clock: clock.clone(),
             characters: parts.characters.clone(),
             embedder: parts.embedder,
             memory,

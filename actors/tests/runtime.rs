@@ -122,6 +122,7 @@ fn runtime(shards: u32, history: Arc<HistoryVec>) -> Runtime {
             extra_tools: Vec::new(),
             limiter: None,
             pools: Vec::new(),
+            clock: None,
         },
     )
 }

@@ -45,6 +45,8 @@ pub struct Extras {
     pub model: Option<Arc<dyn ChatModel>>,
     /// Tools beyond the built-in ones.
     pub tools: Vec<Arc<dyn Tool>>,
+    /// A clock to use instead of the system's (tests of the ages the prompt shows).
+    pub clock: Option<Arc<dyn whisper_actors::clock::Clock>>,
 }
 
 /// Everything the app is made of, opened and wired but not yet serving. Built apart from
@@ -67,6 +69,7 @@ struct Topology {
     channel_log: Option<Arc<ChannelLog>>,
     providers: Vec<Arc<dyn ContextProvider>>,
     tools: Vec<Arc<dyn Tool>>,
+    clock: Option<Arc<dyn whisper_actors::clock::Clock>>,
 }
 
 impl Topology {
@@ -161,6 +164,7 @@ impl Topology {
             channel_log,
             providers,
             tools: extras.tools,
+            clock: extras.clock,
         })
     }
 }
@@ -277,6 +281,7 @@ impl App {
                 facts: Some(t.user_data.facts.clone()),
                 jobs: Some(t.user_data.jobs.clone()),
                 jobs_backend: format!("{:?}", settings.storage.jobs).to_lowercase(),
+                clock: t.clock,
             },
         );
         let stats = runtime.stats();

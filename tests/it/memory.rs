@@ -129,3 +129,43 @@ fn memories_never_cross_users_and_dms_never_reach_guilds() {
         app.shutdown().await;
     });
 }
+
+/// The ages the prompt gives memories are true: with the clock moved three weeks on, a memory
+/// told "today" is recalled as said three weeks ago (an injected clock, real stores and model).
+#[test]
+fn a_memory_says_how_long_ago_it_was_said() {
+    use std::sync::Arc;
+    use std::time::Duration;
+    use whisper_actors::clock::ManualClock;
+    run_actix(|| async {
+        let llm = ScriptedLlm::start().await;
+        let dir = tempfile::tempdir().unwrap();
+        let mut s = settings(dir.path(), &llm.base_url());
+        s.facts.extract = false;
+        let clock = Arc::new(ManualClock::new(1_800_000_000_000));
+        let mut with_clock = extras(vec![]);
+        with_clock.clock = Some(clock.clone());
+        let app = start(s, with_clock).await;
+        let mut eli = Client::new("aria", "test:eli");
+        assert!(is_done(
+            &eli.ask(&app, "my flat is in Leith, near the harbour").await
+        ));
+        crate::support::app::drain(&app).await;
+        clock.advance(Duration::from_secs(21 * 86_400));
+        for i in 0..12 {
+            assert!(is_done(
+                &eli.ask(&app, UNRELATED[i % UNRELATED.len()]).await
+            ));
+        }
+        assert!(is_done(
+            &eli.ask(&app, "which part of town is my flat in?").await
+        ));
+        let request = llm.requests().pop().unwrap();
+        let system = &request.contents()[0];
+        assert!(
+            system.contains("(3 weeks ago) the user said: my flat is in Leith"),
+            "{system}"
+        );
+        app.shutdown().await;
+    });
+}

@@ -65,6 +65,7 @@ pub fn extras(providers: Vec<Arc<dyn ContextProvider>>) -> Extras {
         providers,
         model: None,
         tools: Vec::new(),
+        clock: None,
     }
 }
 

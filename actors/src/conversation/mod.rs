@@ -56,6 +56,8 @@ pub struct ConversationSettings {
 
 /// What every conversation needs, shared by all of them.
 pub struct ConversationDeps {
+    /// What "now" is for timestamps and the ages the prompt shows.
+    pub clock: Arc<dyn crate::clock::Clock>,
     pub characters: CharacterSet,
     /// Embeds each incoming message once (classifier and memory search share the vector).
     pub embedder: Option<Arc<dyn Embedder>>,
@@ -343,7 +345,7 @@ impl Handler<GoingIdle> for ConversationActor {
         if min == 0 || u64::from(turns) < min {
             return;
         }
-        let at_ms = crate::clock::unix_ms();
+        let at_ms = deps.clock.now_ms();
         let payload = crate::memory::Summarise {
             key: self.key.clone(),
             scope,

@@ -192,16 +192,38 @@ pub fn describe_memories<'a>(memories: impl Iterator<Item = &'a Candidate>, now_
 
 pub fn describe_age(now_ms: i64, then_ms: i64) -> String {
     let days = (now_ms - then_ms).max(0) / 86_400_000;
+    let plural = |n: i64, unit: &str| {
+        if n == 1 {
+            format!("a {unit} ago")
+        } else {
+            format!("{n} {unit}s ago")
+        }
+    };
     match days {
         0 => "today".into(),
         1 => "yesterday".into(),
-        n => format!("{n} days ago"),
+        2..=13 => format!("{days} days ago"),
+        14..=59 => plural(days / 7, "week"),
+        60..=364 => plural(days / 30, "month"),
+        _ => plural(days / 365, "year"),
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn ages_read_as_people_say_them() {
+        let day = 86_400_000;
+        let at = |days: i64| describe_age(1_000 * day, (1_000 - days) * day);
+        assert_eq!(at(0), "today");
+        assert_eq!(at(1), "yesterday");
+        assert_eq!(at(5), "5 days ago");
+        assert_eq!(at(21), "3 weeks ago");
+        assert_eq!(at(65), "2 months ago");
+        assert_eq!(at(400), "a year ago");
+    }
 
     fn candidate(text: &str, similarity: f32, age_days: i64, importance: f32) -> Candidate {
         Candidate {

@@ -17,6 +17,7 @@ pub struct MemoryProvider {
     pub rank: RankSettings,
     pub guild_memories_in_dm: bool,
     pub deadline: Duration,
+    pub clock: Arc<dyn crate::clock::Clock>,
 }
 
 #[async_trait]
@@ -43,7 +44,7 @@ impl ContextProvider for MemoryProvider {
                 limit: self.rank.top_k * 4,
             })
             .await?;
-        let now = crate::clock::unix_ms();
+        let now = self.clock.now_ms();
         let ranked = rank(candidates, &self.rank, now);
         let body = if ranked.is_empty() {
             "Nothing relevant yet.".to_owned()

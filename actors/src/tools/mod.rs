@@ -166,6 +166,7 @@ pub struct SearchMemories {
     pub embedder: Arc<dyn Embedder>,
     pub rank: RankSettings,
     pub guild_memories_in_dm: bool,
+    pub clock: Arc<dyn crate::clock::Clock>,
 }
 
 #[derive(Deserialize)]
@@ -202,7 +203,7 @@ impl Tool for SearchMemories {
                 limit: self.rank.top_k * 4,
             })
             .await?;
-        let now = crate::clock::unix_ms();
+        let now = self.clock.now_ms();
         let ranked = rank(candidates, &self.rank, now);
         if ranked.is_empty() {
             return Ok("No matching memories.".into());
@@ -257,6 +258,7 @@ pub struct RecallSummaries {
     pub embedder: Arc<dyn Embedder>,
     pub guild_memories_in_dm: bool,
     pub limit: usize,
+    pub clock: Arc<dyn crate::clock::Clock>,
 }
 
 #[derive(Deserialize)]
@@ -306,7 +308,7 @@ impl Tool for RecallSummaries {
         if summaries.is_empty() {
             return Ok("No summaries of past conversations yet.".into());
         }
-        let now = crate::clock::unix_ms();
+        let now = self.clock.now_ms();
         Ok(summaries
             .iter()
             .map(|c| format!("- ({}) {}", describe_age(now, c.created_at_ms), c.text))

@@ -6,7 +6,6 @@ use tracing::{Instrument, debug, info_span, warn};
 
 use crate::character::{Character, ModelParams};
 use crate::classifier::Verdict;
-use crate::clock::unix_ms;
 use crate::conversation::ConversationDeps;
 use crate::conversation::context::{
     ContextPiece, ContextRequest, PieceKind, Section, SharedEmbedding, gather as ask_providers,
@@ -140,7 +139,7 @@ pub fn build_prompt(
         history,
         message,
         token_budget: deps.settings.token_budget,
-        now_ms: unix_ms(),
+        now_ms: deps.clock.now_ms(),
     });
     debug!(
         history_turns = built.history_turns_used,

@@ -20,7 +20,6 @@ use tracing::{Instrument, info, info_span};
 use self::reply::Reply;
 use super::ConversationDeps;
 use crate::character::Character;
-use crate::clock::unix_ms;
 use crate::key::Scope;
 use crate::messages::{FailureKind, Timings, UserMessage};
 use crate::ports::{Profile, Turn};
@@ -113,7 +112,7 @@ async fn run(deps: &ConversationDeps, input: TurnInput) -> TurnReport {
     deps.stats.pipeline.replies.inc();
     reply.done(generated.text.clone(), timings);
 
-    let replied_at_ms = unix_ms();
+    let replied_at_ms = deps.clock.now_ms();
     let turn = Turn {
         key: msg.key.clone(),
         scope: msg.scope.clone(),
