@@ -154,6 +154,16 @@ pub struct ChatRequest {
     /// Tools the model may call (empty: a plain completion).
     pub tools: Vec<ToolSpec>,
     pub tool_choice: ToolChoice,
+    /// Structured output: the answer must match this JSON schema (OpenAI structured outputs;
+    /// llama-server turns it into a grammar, so even a small local model answers valid JSON).
+    pub response_schema: Option<ResponseSchema>,
+}
+
+/// A named JSON schema the model's answer must follow.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct ResponseSchema {
+    pub name: &'static str,
+    pub schema: serde_json::Value,
 }
 
 #[derive(Clone, Debug, PartialEq, thiserror::Error)]

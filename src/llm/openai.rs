@@ -13,7 +13,7 @@ use async_openai::types::chat::{
     ChatCompletionRequestMessage, ChatCompletionRequestSystemMessage,
     ChatCompletionRequestToolMessage, ChatCompletionRequestUserMessage, ChatCompletionTool,
     ChatCompletionToolChoiceOption, ChatCompletionTools, CreateChatCompletionRequest, FunctionCall,
-    FunctionObject, ToolChoiceOptions,
+    FunctionObject, ResponseFormat, ResponseFormatJsonSchema, ToolChoiceOptions,
 };
 use async_trait::async_trait;
 use futures::StreamExt;
@@ -90,6 +90,14 @@ impl OpenAiChat {
             stream: Some(true),
             tools,
             tool_choice,
+            response_format: request.response_schema.map(|r| ResponseFormat::JsonSchema {
+                json_schema: ResponseFormatJsonSchema {
+                    description: None,
+                    name: r.name.to_owned(),
+                    schema: r.schema,
+                    strict: Some(true),
+                },
+            }),
             ..Default::default()
         }
     }

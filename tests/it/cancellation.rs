@@ -21,6 +21,7 @@ fn request() -> ChatRequest {
         max_tokens: 64,
         tools: Vec::new(),
         tool_choice: Default::default(),
+        response_schema: None,
     }
 }
 

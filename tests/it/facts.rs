@@ -108,7 +108,7 @@ fn malformed_facts_are_retried_then_dead_lettered() {
         let db = dir.path().join("whisperengine.db");
         let dead: Vec<String> = query(&db, "SELECT last_error FROM jobs WHERE state = 'dead'");
         assert_eq!(dead.len(), 1);
-        assert!(dead[0].contains("no JSON array"), "{}", dead[0]);
+        assert!(dead[0].contains("no JSON in the answer"), "{}", dead[0]);
         assert_eq!(llm.fact_requests().len(), 3, "one request per attempt");
         assert!(query::<String>(&db, "SELECT object FROM facts").is_empty());
         app.shutdown().await;

@@ -111,6 +111,7 @@ pub fn build(input: PromptInput<'_>) -> BuiltPrompt {
             max_tokens: input.params.max_tokens,
             tools: Vec::new(),
             tool_choice: Default::default(),
+            response_schema: None,
         },
         history_turns_used,
         estimated_tokens: input.token_budget - remaining,

@@ -11,7 +11,7 @@ mod extract;
 mod provider;
 
 pub use actor::{CurrentFacts, ForgetFacts, GraphActor, GraphPool, UpsertFacts};
-pub use extract::{ExtractFacts, FactExtraction, parse_facts};
+pub use extract::{ExtractFacts, FactExtraction, facts_schema, grounded, parse_facts};
 pub use provider::FactProvider;
 
 use std::collections::{HashSet, VecDeque};
@@ -367,6 +367,26 @@ mod tests {
     }
 
     #[test]
+    fn only_what_the_message_says_is_stored() {
+        let f = |s: &str, o: &str| NewFact {
+            subject: s.into(),
+            predicate: "lives_in".into(),
+            object: o.into(),
+            confidence: 0.9,
+            replaces: None,
+        };
+        let message = "My sister Maren moved to Salzburg last year";
+        assert!(grounded(&f("user", "Salzburg"), message));
+        assert!(grounded(&f("Maren", "Salzburg"), message));
+        assert!(!grounded(&f("user", "Vienna"), message), "invented object");
+        assert!(
+            !grounded(&f("Ingrid", "Salzburg"), message),
+            "invented subject"
+        );
+        assert!(!grounded(&f("user", "burg"), message), "whole words only");
+    }
+
+    #[test]
     fn obvious_single_valued_predicates_need_no_configuration() {
         for p in [
             "favourite_food",
@@ -448,16 +468,24 @@ mod tests {
 
     #[test]
     fn extraction_output_is_validated() {
-        let ok = parse_facts("Sure! [{\"subject\":\"user\",\"predicate\":\"lives_in\",\"object\":\"Lisbon\",\"confidence\":0.9}]").unwrap();
-        assert_eq!(ok[0].object, "Lisbon");
+        let fact =
+            r#"{"subject":"user","predicate":"lives_in","object":"Lisbon","confidence":0.9}"#;
+        let (ok, dropped) = parse_facts(&format!("Sure! [{fact}]")).unwrap();
+        assert_eq!((ok[0].object.as_str(), dropped), ("Lisbon", 0));
+        let (ok, _) = parse_facts(&format!(r#"{{"facts": [{fact}]}}"#)).unwrap();
+        assert_eq!(ok.len(), 1, "the structured-output shape");
         assert!(parse_facts("I think you live in Lisbon").is_err());
-        assert!(parse_facts("[{\"subject\":\"user\",\"predicate\":\"Lives In\",\"object\":\"x\",\"confidence\":0.9}]").is_err());
         assert!(
-            parse_facts(
-                "[{\"subject\":\"user\",\"predicate\":\"x\",\"object\":\"y\",\"confidence\":3}]"
-            )
-            .is_err()
+            parse_facts(r#"{"facts": [{"subject": "us"#).is_err(),
+            "cut off"
         );
-        assert!(parse_facts("[{\"subject\":\"user\",\"predicate\":\"x\"}]").is_err());
+        let bad = [
+            r#"{"subject":"user","predicate":"Lives In","object":"x","confidence":0.9}"#,
+            r#"{"subject":"user","predicate":"x","object":"y","confidence":3}"#,
+            r#"{"subject":"user","predicate":"x"}"#,
+            r#"{"subject":" ","predicate":"x","object":"y","confidence":0.5}"#,
+        ];
+        let (ok, dropped) = parse_facts(&format!("[{}, {fact}]", bad.join(", "))).unwrap();
+        assert_eq!((ok.len(), dropped), (1, 4), "bad items go, good ones stay");
     }
 }

@@ -22,9 +22,34 @@ impl crate::jobs::Payload for Summarise {
     const KIND: crate::jobs::JobKind = crate::jobs::JobKind::Summarise;
 }
 
+/// The schema summary answers follow: `{"summary": "..."}`.
+pub fn summary_schema() -> crate::ports::ResponseSchema {
+    crate::ports::ResponseSchema {
+        name: "summary",
+        schema: serde_json::json!({
+            "type": "object",
+            // Bounded to fit the request's max_tokens, so the answer is never cut off.
+            "properties": {"summary": {"type": "string", "minLength": 1, "maxLength": 500}},
+            "required": ["summary"],
+            "additionalProperties": false
+        }),
+    }
+}
+
+/// The summary from the model's answer: the `summary` field of a structured answer, or (a
+/// server without structured outputs) the text itself.
+pub fn parse_summary(answer: &str) -> Option<String> {
+    let text = match serde_json::from_str::<serde_json::Value>(answer.trim()) {
+        Ok(value) => value.get("summary")?.as_str()?.to_owned(),
+        Err(_) => answer.to_owned(),
+    };
+    let text = text.trim();
+    (!text.is_empty()).then(|| text.to_owned())
+}
+
 const SUMMARY_PROMPT: &str = "Summarise this conversation between a user and an AI character \
 in two or three sentences, from the character's point of view, keeping what matters for later: \
-facts about the user, plans, feelings, promises. Answer with the summary only.";
+facts about the user, plans, feelings, promises. Answer as JSON: {\"summary\": \"...\"}.";
 
 /// The `summarise` job: asks the LLM (background lane) for a summary of recent turns and stores
 /// it as a `summary` memory, recalled like any other memory.
@@ -69,17 +94,17 @@ impl crate::jobs::JobHandler for SummariseHandler {
             top_p: None,
             frequency_penalty: None,
             presence_penalty: None,
-            max_tokens: 160,
+            max_tokens: 200,
             tools: Vec::new(),
             tool_choice: Default::default(),
+            response_schema: Some(summary_schema()),
         };
         let summary = crate::llm::complete_in_background(&self.llm, request)
             .await
             .map_err(|e| JobError::new(e.to_string()))?;
-        let summary = summary.trim().to_owned();
-        if summary.is_empty() {
+        let Some(summary) = parse_summary(&summary) else {
             return Err(JobError::new("empty summary"));
-        }
+        };
         let vector = self
             .embedder
             .embed(vec![summary.clone()])
