@@ -171,14 +171,25 @@ pub fn rank(
     scored
 }
 
-/// Memories as the model reads them: one line each, with their age and who said it.
+/// Memories as the model reads them: oldest first, each with its age, so what was said later
+/// reads as later. Only the newest summary speaks for the conversation; older ones are marked
+/// as earlier (a newer summary supersedes them).
 pub fn describe_memories<'a>(memories: impl Iterator<Item = &'a Candidate>, now_ms: i64) -> String {
+    let mut memories: Vec<&Candidate> = memories.collect();
+    memories.sort_by_key(|c| c.created_at_ms);
+    let newest_summary = memories
+        .iter()
+        .filter(|c| c.kind == MemoryKind::Summary)
+        .map(|c| c.created_at_ms)
+        .max();
     memories
+        .into_iter()
         .map(|c| {
             let who = match c.kind {
                 MemoryKind::Message => "the user said",
                 MemoryKind::Reply => "you said",
-                MemoryKind::Summary => "summary",
+                MemoryKind::Summary if Some(c.created_at_ms) == newest_summary => "summary",
+                MemoryKind::Summary => "earlier summary, since superseded",
             };
             format!(
                 "- ({}) {who}: {}",
@@ -212,6 +223,37 @@ pub fn describe_age(now_ms: i64, then_ms: i64) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn memories_read_oldest_first_and_older_summaries_are_marked() {
+        let day = 86_400_000;
+        let memory = |kind, text: &str, days_ago: i64| Candidate {
+            group: text.into(),
+            kind,
+            scope: Scope::Direct,
+            text: text.into(),
+            importance: 0.5,
+            created_at_ms: (100 - days_ago) * day,
+            similarity: 0.9,
+        };
+        let recalled = [
+            memory(MemoryKind::Message, "these days it's ramen", 2),
+            memory(MemoryKind::Summary, "they love bibimbap", 60),
+            memory(MemoryKind::Message, "my favourite is bibimbap", 63),
+            memory(MemoryKind::Summary, "they switched to ramen", 1),
+        ];
+        let text = describe_memories(recalled.iter(), 100 * day);
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(
+            lines,
+            [
+                "- (2 months ago) the user said: my favourite is bibimbap",
+                "- (2 months ago) earlier summary, since superseded: they love bibimbap",
+                "- (2 days ago) the user said: these days it's ramen",
+                "- (yesterday) summary: they switched to ramen",
+            ]
+        );
+    }
 
     #[test]
     fn ages_read_as_people_say_them() {

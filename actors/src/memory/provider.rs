@@ -49,7 +49,11 @@ impl ContextProvider for MemoryProvider {
         let body = if ranked.is_empty() {
             "Nothing relevant yet.".to_owned()
         } else {
-            describe_memories(ranked.iter().map(|(_, c)| c), now)
+            format!(
+                "Oldest first; where two disagree, the later one holds, and the facts about the \
+                 user are current.\n{}",
+                describe_memories(ranked.iter().map(|(_, c)| c), now)
+            )
         };
         Ok(ContextPiece::Section(Section {
             title: "What you remember about this user".into(),
