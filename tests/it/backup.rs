@@ -50,7 +50,7 @@ async fn populate(dir: &Path, llm: &ScriptedLlm) -> Settings {
     llm.facts_for(
         "I work as a nurse in Leeds",
         FactsAnswer::Text(
-            r#"[{"subject":"user","predicate":"works_at","object":"Leeds hospital","confidence":0.9}]"#
+            r#"[{"subject":"user","predicate":"works_in","object":"Leeds","confidence":0.9}]"#
                 .into(),
         ),
     );
