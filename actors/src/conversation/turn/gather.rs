@@ -5,7 +5,6 @@ use futures::FutureExt;
 use tracing::{Instrument, debug, info_span, warn};
 
 use crate::character::{Character, ModelParams};
-use crate::classifier::Verdict;
 use crate::conversation::ConversationDeps;
 use crate::conversation::context::{
     ContextPiece, ContextRequest, PieceKind, Section, SharedEmbedding, gather as ask_providers,
@@ -24,16 +23,9 @@ pub struct Gathered {
     /// History and profile read from the store (when the warm cache had none).
     pub loaded_history: Option<Vec<Turn>>,
     pub loaded_profile: Option<Option<Profile>>,
-    pub verdict: Option<Verdict>,
-}
-
-impl Gathered {
-    /// Small talk: answered from persona and recent history, without tools.
-    pub fn fast(&self) -> bool {
-        self.verdict
-            .as_ref()
-            .is_some_and(|v| v.route == crate::classifier::Route::Fast)
-    }
+    /// Small talk, by the classifier's verdict: answered from persona and recent history,
+    /// without tools.
+    pub fast: bool,
 }
 
 /// Runs the providers the warm cache does not make redundant, all at once.
@@ -94,9 +86,9 @@ pub async fn gather(
         sections: Vec::new(),
         loaded_history: None,
         loaded_profile: None,
-        verdict: answered.verdict,
+        fast,
     };
-    if let Some(verdict) = &gathered.verdict {
+    if let Some(verdict) = &answered.verdict {
         timings.route = Some(verdict.route);
         timings.intent.clone_from(&verdict.intent);
     }

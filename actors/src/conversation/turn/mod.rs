@@ -84,7 +84,7 @@ async fn run(deps: &ConversationDeps, input: TurnInput) -> TurnReport {
         &mut timings,
     )
     .await;
-    let fast = gathered.fast();
+    let fast = gathered.fast;
     report.loaded_history = gathered.loaded_history;
     report.loaded_profile = gathered.loaded_profile;
     let history = cached_history.as_ref().or(report.loaded_history.as_ref());
