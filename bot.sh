@@ -28,7 +28,9 @@ usage: ./bot.sh <command> [args...]
                     discord.tokens, or (none configured) an interactive terminal chat
                     (e.g. ./bot.sh run --character aria --user alice)
   test              provision test needs and run the whole test suite
-  bench [scenario]  run the runtime benchmarks: overhead, load, idle (default: all)
+  bench [scenario]  run the benchmarks: overhead, load, idle, classifier, search, memory,
+                    context (default: all); "memory --server" replays the recall set on the
+                    server stores that run here
   backup [DIR]      back up every store in use (default backups/<UTC time>): JSON lines,
                     a manifest with row counts and SHA-256 per file (stop the bot first)
   restore DIR       verify a backup, then restore it into the stores configured now
@@ -261,8 +263,10 @@ cmd_test() {
 }
 
 cmd_bench() {
+  provision_embeddings
+  if [[ " $* " == *" --server "* ]]; then provision_arcadedb; fi
   cd "$ROOT"
-  log "running runtime benchmarks (release build; scenarios: overhead, load, idle)"
+  log "running benchmarks (release build; scenarios: overhead, load, idle, classifier, search, memory, context)"
   exec cargo bench --locked --bench runtime -- "$@"
 }
 

@@ -314,7 +314,7 @@ fn classifier() {
 }
 
 /// 100,000 memories across 1,000 users; search latency within one user's partition.
-fn memory() {
+fn search() {
     use whisper_actors::memory::{
         AllowedScopes, MemoryChunk, MemoryKind, MemoryQuery, MemoryStore,
     };
@@ -366,6 +366,7 @@ fn memory() {
             for round in 0..rounds {
                 for u in 0..users {
                     let query = MemoryQuery {
+                        text: String::new(),
                         key: ConversationKey::new("aria", format!("mem:{u}")),
                         scopes: AllowedScopes::for_scope(&Scope::Direct, true),
                         vector: vector(),
@@ -418,6 +419,36 @@ fn context() {
     });
 }
 
+/// The planted-fact conversations (`tests/data/recall`) through the real pipeline: what reaches
+/// the prompt from memory alone (`facts.extract` off) and with facts, on the embedded store
+/// and on the server stores that run here (PostgreSQL history, a Bolt graph, Redis jobs).
+fn memory() {
+    use support::recall::{Dataset, measure, report};
+    let dataset = Dataset::load();
+    let server = std::env::args().any(|a| a == "--server");
+    run_actix(|| async {
+        for with_facts in [false, true] {
+            let dir = tempfile::tempdir().unwrap();
+            let mut s = settings(dir.path(), "http://127.0.0.1:9/v1");
+            s.logging.level = "warn".into();
+            s.facts.extract = with_facts;
+            let _servers = if server {
+                Some(support::recall::server_stores(&mut s).await)
+            } else {
+                None
+            };
+            let scores = measure(&dataset, s).await;
+            let label = match (with_facts, server) {
+                (false, false) => "memory alone (facts.extract = false), embedded SQLite",
+                (true, false) => "with facts, embedded SQLite",
+                (false, true) => "memory alone, server stores",
+                (true, true) => "with facts, server stores",
+            };
+            report(label, &scores);
+        }
+    });
+}
+
 fn main() {
     let scenario = std::env::args().skip(1).find(|a| !a.starts_with("--"));
     match scenario.as_deref() {
@@ -425,11 +456,12 @@ fn main() {
         Some("load") => load(),
         Some("idle") => idle(),
         Some("classifier") => classifier(),
+        Some("search") => search(),
         Some("memory") => memory(),
         Some("context") => context(),
         Some(other) => {
             panic!(
-                "unknown scenario {other:?}: overhead, load, idle, classifier, memory or context"
+                "unknown scenario {other:?}: overhead, load, idle, classifier, search, memory or context"
             )
         }
         None => {
@@ -439,6 +471,7 @@ fn main() {
                 "load",
                 "idle",
                 "classifier",
+                "search",
                 "memory",
                 "context",
             ] {

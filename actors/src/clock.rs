@@ -29,6 +29,12 @@ impl ManualClock {
         Self(AtomicI64::new(now_ms))
     }
 
+    /// Moves the clock to `now_ms` (backwards too: a replayed conversation sets each
+    /// message's own time).
+    pub fn set(&self, now_ms: i64) {
+        self.0.store(now_ms, Ordering::SeqCst);
+    }
+
     pub fn advance(&self, by: Duration) {
         self.0.fetch_add(by.as_millis() as i64, Ordering::SeqCst);
     }

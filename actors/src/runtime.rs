@@ -185,6 +185,7 @@ impl Runtime {
         if let Some(store) = &memory {
             providers.push(Arc::new(MemoryProvider {
                 store: store.clone(),
+                facts: parts.facts.clone(),
                 rank: settings.memory.rank.clone(),
                 guild_memories_in_dm: settings.memory.guild_memories_in_dm,
                 deadline: settings.memory.deadline,

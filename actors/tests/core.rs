@@ -136,6 +136,7 @@ async fn a_memory_pool_member_restarts_after_a_panic() {
     for _ in 0..4 {
         let found = pool
             .search(MemoryQuery {
+                text: String::new(),
                 key: ConversationKey::new("aria", "ann"),
                 scopes: whisper_actors::memory::AllowedScopes::for_scope(&Scope::Direct, false),
                 vector: Arc::from(&[1.0f32, 0.0][..]),

@@ -89,6 +89,8 @@ fn candidate(c: &MemoryChunk, similarity: f32) -> Candidate {
         similarity,
         importance: c.importance,
         created_at_ms: c.created_at_ms,
+        keyword_rank: None,
+        corrected_by: None,
     }
 }
 
@@ -107,6 +109,7 @@ impl MemoryStore for MemoryVec {
             .collect();
         found.sort_by(|a, b| b.similarity.total_cmp(&a.similarity));
         found.truncate(query.limit);
+        whisper_actors::memory::keyword_ranks(&mut found, &query.text);
         Ok(found)
     }
     async fn list(

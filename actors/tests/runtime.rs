@@ -38,6 +38,7 @@ fn settings(shards: u32) -> RuntimeSettings {
             rank: RankSettings {
                 top_k: 5,
                 min_similarity: 0.2,
+                fusion_k: 2.0,
                 recency_half_life: Duration::from_secs(86_400),
                 recency_weight: 0.2,
                 importance_weight: 0.2,

@@ -39,6 +39,7 @@ impl Settings {
                     recency_half_life: self.memory.recency_half_life,
                     recency_weight: self.memory.recency_weight,
                     importance_weight: self.memory.importance_weight,
+                    fusion_k: self.memory.fusion_k,
                 },
                 guild_memories_in_dm: self.memory.guild_memories_in_dm,
                 deadline: self.context.memory_deadline,

@@ -174,6 +174,9 @@ fn validate(loaded: &Loaded) -> Result<(), ConfigError> {
             return Err(loaded.invalid(key, "a number from 0 to 1"));
         }
     }
+    if !(s.memory.fusion_k >= 0.0 && s.memory.fusion_k <= 1000.0) {
+        return Err(loaded.invalid("memory.fusion_k", "a number from 0 to 1000"));
+    }
     if s.runtime.shards > 1024 {
         return Err(loaded.invalid("runtime.shards", "at most 1024 (each shard is a thread)"));
     }

@@ -104,6 +104,7 @@ pub struct MemorySection {
     pub recency_half_life: Duration,
     pub recency_weight: f32,
     pub importance_weight: f32,
+    pub fusion_k: f32,
     pub guild_memories_in_dm: bool,
     pub chunk_words: usize,
     pub cached_users: usize,

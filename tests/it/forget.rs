@@ -225,6 +225,10 @@ fn forget_leaves_no_bytes_behind() {
             !holds(&files, "Quillfeather").is_empty(),
             "planted text is on disk"
         );
+        assert!(
+            !holds(&files, "quillfe").is_empty(),
+            "the keyword index holds it too"
+        );
 
         app.forget("test:ines").await.unwrap();
         let files = database_bytes(dir.path());
@@ -232,6 +236,10 @@ fn forget_leaves_no_bytes_behind() {
             for word in text.split_whitespace().filter(|w| w.len() > 8) {
                 let found = holds(&files, word);
                 assert!(found.is_empty(), "{word:?} is still in {found:?}");
+                // The keyword index keeps words lowercased and stemmed ("quillfeath").
+                let stem = &word.to_lowercase()[..7];
+                let found = holds(&files, stem);
+                assert!(found.is_empty(), "{stem:?} is still in {found:?}");
             }
         }
         assert!(

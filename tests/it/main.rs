@@ -22,6 +22,7 @@ mod observe;
 mod ordering;
 mod outages;
 mod passivation;
+mod recall;
 mod stores;
 mod streaming;
 mod supervision;

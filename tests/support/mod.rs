@@ -9,3 +9,5 @@ pub mod discord;
 pub mod openai_server;
 pub mod proxy;
 pub mod qdrant;
+pub mod recall;
+pub mod servers;

@@ -44,6 +44,11 @@ pub struct UpsertFacts {
 #[rtype(result = "Result<Vec<Fact>, StoreError>")]
 pub struct CurrentFacts(pub String);
 
+/// The user's closed (corrected) facts.
+#[derive(Message)]
+#[rtype(result = "Result<Vec<Fact>, StoreError>")]
+pub struct CorrectedFacts(pub String);
+
 /// Delete every fact of a user.
 #[derive(Message)]
 #[rtype(result = "Result<u64, StoreError>")]
@@ -68,6 +73,18 @@ impl Handler<CurrentFacts> for GraphActor {
     fn handle(&mut self, CurrentFacts(user): CurrentFacts, _: &mut Self::Context) -> Self::Result {
         let store = self.store.clone();
         guarded(GRAPH, async move { store.current(&user).await })
+    }
+}
+
+impl Handler<CorrectedFacts> for GraphActor {
+    type Result = ResponseActFuture<Self, Result<Vec<Fact>, StoreError>>;
+    fn handle(
+        &mut self,
+        CorrectedFacts(user): CorrectedFacts,
+        _: &mut Self::Context,
+    ) -> Self::Result {
+        let store = self.store.clone();
+        guarded(GRAPH, async move { store.corrected(&user).await })
     }
 }
 
@@ -133,6 +150,9 @@ impl FactStore for GraphPool {
     }
     async fn current(&self, user: &str) -> Result<Vec<Fact>, StoreError> {
         self.0.call(CurrentFacts(user.to_owned())).await
+    }
+    async fn corrected(&self, user: &str) -> Result<Vec<Fact>, StoreError> {
+        self.0.call(CorrectedFacts(user.to_owned())).await
     }
     async fn forget_user(&self, user: &str) -> Result<u64, StoreError> {
         self.0.call(ForgetFacts(user.to_owned())).await

@@ -11,7 +11,7 @@ mod extract;
 mod provider;
 mod select;
 
-pub use actor::{CurrentFacts, ForgetFacts, GraphActor, GraphPool, UpsertFacts};
+pub use actor::{CorrectedFacts, CurrentFacts, ForgetFacts, GraphActor, GraphPool, UpsertFacts};
 pub use extract::{ExtractFacts, FactExtraction, facts_schema, grounded, parse_facts};
 pub use provider::FactProvider;
 pub use select::{about, select};
@@ -129,6 +129,9 @@ pub trait FactStore: Send + Sync + 'static {
     ) -> Result<usize, StoreError>;
     /// All current (not closed) facts of the user.
     async fn current(&self, user: &str) -> Result<Vec<Fact>, StoreError>;
+    /// The user's closed facts (corrected or replaced values), oldest first: what recall marks
+    /// as out of date in the memories that still say them.
+    async fn corrected(&self, user: &str) -> Result<Vec<Fact>, StoreError>;
     async fn forget_user(&self, user: &str) -> Result<u64, StoreError>;
 }
 

@@ -1,21 +1,22 @@
 //! Long-term memory: types, the scope rule, re-ranking, and the context provider.
 //!
-//! Stores (SQLite embedded, Qdrant in server mode) only return candidates by cosine similarity
-//! within one user's partition and allowed scopes; the re-ranking and formatting here are shared
-//! so every backend recalls the same way.
+//! Stores (SQLite embedded, Qdrant in server mode) only return candidates, by cosine similarity
+//! and by keyword, within one user's partition and allowed scopes; the fusion, re-ranking and
+//! formatting here are shared so every backend recalls the same way.
 
 mod actor;
 mod provider;
+mod recall;
 mod remember;
 mod summarise;
+pub mod terms;
 
 pub use crate::text::chunk;
 pub use actor::{ForgetMemories, ListMemories, MemoryActor, MemoryPool, Recall, Remember};
-pub use provider::MemoryProvider;
+pub use provider::{MemoryProvider, mark_corrected};
+pub use recall::{RankSettings, keyword_ranks, rank};
 pub use remember::{MemorySettings, RememberTurn, RememberTurnHandler, importance, remember_turn};
 pub use summarise::{Summarise, SummariseHandler};
-
-use std::time::Duration;
 
 use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
@@ -78,6 +79,10 @@ pub struct Candidate {
     pub importance: f32,
     pub created_at_ms: i64,
     pub similarity: f32,
+    /// Position among the store's keyword hits (0: best), if the text matched the query's words.
+    pub keyword_rank: Option<u32>,
+    /// Set by recall when a newer fact corrects what this memory says: how the prompt marks it.
+    pub corrected_by: Option<String>,
 }
 
 #[derive(Clone, Debug)]
@@ -85,7 +90,9 @@ pub struct MemoryQuery {
     pub key: ConversationKey,
     pub scopes: AllowedScopes,
     pub vector: Embedding,
-    /// Candidates to return before re-ranking.
+    /// The message itself, for the keyword half of the search.
+    pub text: String,
+    /// Candidates to return from each half before re-ranking.
     pub limit: usize,
 }
 
@@ -128,47 +135,11 @@ pub trait MemoryStore: Send + Sync + 'static {
     async fn forget_user(&self, user: &str) -> Result<u64, StoreError>;
 }
 
-#[derive(Clone, Debug)]
-pub struct RankSettings {
-    pub top_k: usize,
-    pub min_similarity: f32,
-    pub recency_half_life: Duration,
-    /// How much recency and importance can lower a score (0: ignored, 1: fully).
-    pub recency_weight: f32,
-    pub importance_weight: f32,
-}
-
-/// Similarity × recency decay × importance, deduplicated by text, best `top_k` first.
 /// "Newest first", the same in every store: by creation time, then (for memories made in the
 /// same millisecond, like a summary and the reply it ends with) by group id, descending. No
 /// store's own tie-break (insertion order, point ids) decides what a listing shows.
 pub fn newest_first(a_ms: i64, a_group: &str, b_ms: i64, b_group: &str) -> std::cmp::Ordering {
     b_ms.cmp(&a_ms).then_with(|| b_group.cmp(a_group))
-}
-
-pub fn rank(
-    mut candidates: Vec<Candidate>,
-    settings: &RankSettings,
-    now_ms: i64,
-) -> Vec<(f32, Candidate)> {
-    let half_life_ms = settings.recency_half_life.as_millis().max(1) as f64;
-    let mut scored: Vec<(f32, Candidate)> = candidates
-        .drain(..)
-        .filter(|c| c.similarity >= settings.min_similarity)
-        .map(|c| {
-            let age = (now_ms - c.created_at_ms).max(0) as f64;
-            let decay = 0.5f64.powf(age / half_life_ms) as f32;
-            let recency = 1.0 - settings.recency_weight + settings.recency_weight * decay;
-            let importance = 1.0 - settings.importance_weight
-                + settings.importance_weight * c.importance.clamp(0.0, 1.0);
-            (c.similarity * recency * importance, c)
-        })
-        .collect();
-    scored.sort_by(|a, b| b.0.total_cmp(&a.0));
-    let mut seen = std::collections::HashSet::new();
-    scored.retain(|(_, c)| seen.insert(c.text.trim().to_lowercase()));
-    scored.truncate(settings.top_k);
-    scored
 }
 
 /// Memories as the model reads them: oldest first, each with its age, so what was said later
@@ -191,11 +162,14 @@ pub fn describe_memories<'a>(memories: impl Iterator<Item = &'a Candidate>, now_
                 MemoryKind::Summary if Some(c.created_at_ms) == newest_summary => "summary",
                 MemoryKind::Summary => "earlier summary, since superseded",
             };
-            format!(
-                "- ({}) {who}: {}",
-                describe_age(now_ms, c.created_at_ms),
-                c.text
-            )
+            let age = describe_age(now_ms, c.created_at_ms);
+            match &c.corrected_by {
+                Some(now) => format!(
+                    "- ({age}, out of date: since corrected, {now}) {who}: {}",
+                    c.text
+                ),
+                None => format!("- ({age}) {who}: {}", c.text),
+            }
         })
         .collect::<Vec<_>>()
         .join("\n")
@@ -235,6 +209,8 @@ mod tests {
             importance: 0.5,
             created_at_ms: (100 - days_ago) * day,
             similarity: 0.9,
+            keyword_rank: None,
+            corrected_by: None,
         };
         let recalled = [
             memory(MemoryKind::Message, "these days it's ramen", 2),
@@ -265,49 +241,6 @@ mod tests {
         assert_eq!(at(21), "3 weeks ago");
         assert_eq!(at(65), "2 months ago");
         assert_eq!(at(400), "a year ago");
-    }
-
-    fn candidate(text: &str, similarity: f32, age_days: i64, importance: f32) -> Candidate {
-        Candidate {
-            group: text.into(),
-            kind: MemoryKind::Message,
-            scope: Scope::Direct,
-            text: text.into(),
-            importance,
-            created_at_ms: 100 * 86_400_000 - age_days * 86_400_000,
-            similarity,
-        }
-    }
-
-    fn settings() -> RankSettings {
-        RankSettings {
-            top_k: 3,
-            min_similarity: 0.2,
-            recency_half_life: Duration::from_secs(30 * 86_400),
-            recency_weight: 0.3,
-            importance_weight: 0.3,
-        }
-    }
-
-    #[test]
-    fn ranking_weighs_recency_and_importance_and_dedups() {
-        let now = 100 * 86_400_000;
-        let ranked = rank(
-            vec![
-                candidate("old but similar", 0.80, 365, 0.5),
-                candidate("recent and similar", 0.78, 1, 0.5),
-                candidate("Recent and similar", 0.77, 1, 0.5),
-                candidate("unrelated", 0.1, 0, 1.0),
-                candidate("important", 0.70, 1, 1.0),
-            ],
-            &settings(),
-            now,
-        );
-        let texts: Vec<&str> = ranked.iter().map(|(_, c)| c.text.as_str()).collect();
-        assert_eq!(
-            texts,
-            vec!["important", "recent and similar", "old but similar"]
-        );
     }
 
     #[test]

@@ -35,7 +35,10 @@ pub fn importance(kind: MemoryKind, text: &str) -> f32 {
     ]
     .iter()
     .any(|p| lower.contains(p));
+    // A question states nothing about the user; recalled, it only crowds out what does.
+    let asks = text.trim_end().ends_with('?');
     match (kind, personal) {
+        (MemoryKind::Message, _) if asks => 0.4,
         (MemoryKind::Message, true) => 0.9,
         (MemoryKind::Message, false) => 0.6,
         (MemoryKind::Summary, _) => 0.8,

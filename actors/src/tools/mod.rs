@@ -193,18 +193,19 @@ impl Tool for SearchMemories {
         if query.trim().is_empty() {
             return Err(ToolError::Arguments("query is empty".into()));
         }
-        let vector = embed_query(self.embedder.as_ref(), query).await?;
+        let vector = embed_query(self.embedder.as_ref(), query.clone()).await?;
         let candidates = self
             .store
             .search(MemoryQuery {
                 key: scope.key.clone(),
                 scopes: AllowedScopes::for_scope(&scope.scope, self.guild_memories_in_dm),
                 vector,
+                text: query.clone(),
                 limit: self.rank.top_k * 4,
             })
             .await?;
         let now = self.clock.now_ms();
-        let ranked = rank(candidates, &self.rank, now);
+        let ranked = rank(candidates, &self.rank, &query, now);
         if ranked.is_empty() {
             return Ok("No matching memories.".into());
         }
@@ -287,13 +288,14 @@ impl Tool for RecallSummaries {
         let allowed = AllowedScopes::for_scope(&scope.scope, self.guild_memories_in_dm);
         let mut summaries = match query.filter(|q| !q.trim().is_empty()) {
             Some(query) => {
-                let vector = embed_query(self.embedder.as_ref(), query).await?;
+                let vector = embed_query(self.embedder.as_ref(), query.clone()).await?;
                 let mut found = self
                     .store
                     .search(MemoryQuery {
                         key: scope.key.clone(),
                         scopes: allowed.clone(),
                         vector,
+                        text: query,
                         limit: self.limit * 20,
                     })
                     .await?;

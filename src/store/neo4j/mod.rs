@@ -227,6 +227,54 @@ impl Neo4jFacts {
     }
 }
 
+impl Neo4jFacts {
+    /// The user's current facts, or (`closed`) the ones a correction closed.
+    async fn read(&self, user: &str, closed: bool) -> Result<Vec<Fact>, StoreError> {
+        let cypher = if closed {
+            "MATCH (s:Entity)-[r:REL]->(o:Entity)
+             WHERE s.user_id = $user AND r.valid_to_ms IS NOT NULL
+             RETURN s.name AS subject, r.predicate AS predicate, o.name AS object,
+                    r.confidence AS confidence, r.source AS source,
+                    r.valid_from_ms AS valid_from_ms, r.valid_to_ms AS valid_to_ms
+             ORDER BY r.valid_from_ms"
+        } else {
+            "MATCH (s:Entity)-[r:REL]->(o:Entity)
+             WHERE s.user_id = $user AND r.valid_to_ms IS NULL
+             RETURN s.name AS subject, r.predicate AS predicate, o.name AS object,
+                    r.confidence AS confidence, r.source AS source,
+                    r.valid_from_ms AS valid_from_ms
+             ORDER BY r.valid_from_ms"
+        };
+        let mut rows = self
+            .graph
+            .execute(query(cypher).param("user", user.to_owned()))
+            .await
+            .map_err(failed("read facts"))?;
+        let mut facts = Vec::new();
+        while let Some(row) = rows.next().await.map_err(failed("read facts"))? {
+            let field = |e: neo4rs::DeError| StoreError::Failed {
+                store: STORE,
+                operation: "read facts",
+                reason: e.to_string(),
+            };
+            facts.push(Fact {
+                subject: row.get("subject").map_err(field)?,
+                predicate: row.get("predicate").map_err(field)?,
+                object: row.get("object").map_err(field)?,
+                confidence: row.get::<f64>("confidence").map_err(field)? as f32,
+                source: row.get("source").map_err(field)?,
+                valid_from_ms: row.get("valid_from_ms").map_err(field)?,
+                valid_to_ms: if closed {
+                    Some(row.get("valid_to_ms").map_err(field)?)
+                } else {
+                    None
+                },
+            });
+        }
+        Ok(facts)
+    }
+}
+
 #[async_trait]
 impl FactStore for Neo4jFacts {
     async fn upsert(
@@ -317,39 +365,11 @@ impl FactStore for Neo4jFacts {
     }
 
     async fn current(&self, user: &str) -> Result<Vec<Fact>, StoreError> {
-        let mut rows = self
-            .graph
-            .execute(
-                query(
-                    "MATCH (s:Entity)-[r:REL]->(o:Entity)
-                     WHERE s.user_id = $user AND r.valid_to_ms IS NULL
-                     RETURN s.name AS subject, r.predicate AS predicate, o.name AS object,
-                            r.confidence AS confidence, r.source AS source,
-                            r.valid_from_ms AS valid_from_ms
-                     ORDER BY r.valid_from_ms",
-                )
-                .param("user", user.to_owned()),
-            )
-            .await
-            .map_err(failed("read facts"))?;
-        let mut facts = Vec::new();
-        while let Some(row) = rows.next().await.map_err(failed("read facts"))? {
-            let field = |e: neo4rs::DeError| StoreError::Failed {
-                store: STORE,
-                operation: "read facts",
-                reason: e.to_string(),
-            };
-            facts.push(Fact {
-                subject: row.get("subject").map_err(field)?,
-                predicate: row.get("predicate").map_err(field)?,
-                object: row.get("object").map_err(field)?,
-                confidence: row.get::<f64>("confidence").map_err(field)? as f32,
-                source: row.get("source").map_err(field)?,
-                valid_from_ms: row.get("valid_from_ms").map_err(field)?,
-                valid_to_ms: None,
-            });
-        }
-        Ok(facts)
+        self.read(user, false).await
+    }
+
+    async fn corrected(&self, user: &str) -> Result<Vec<Fact>, StoreError> {
+        self.read(user, true).await
     }
 
     async fn forget_user(&self, user: &str) -> Result<u64, StoreError> {

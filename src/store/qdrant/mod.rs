@@ -304,6 +304,8 @@ fn candidate(first: &Stored, text: String, similarity: f32) -> Option<Candidate>
         importance: first.importance,
         created_at_ms: first.created_at_ms,
         similarity,
+        keyword_rank: None,
+        corrected_by: None,
     })
 }
 

@@ -70,7 +70,9 @@ impl MemoryStore for QdrantMemory {
                 QueryPointsBuilder::new(&collection)
                     .query(query.vector.to_vec())
                     .filter(Self::scope_filter(&query.key.user, &query.scopes))
-                    .limit(query.limit as u64)
+                    // Twice the candidates: the keyword half is ranked among them (Qdrant's
+                    // payload text index filters, it does not rank).
+                    .limit(query.limit as u64 * 2)
                     .with_payload(true),
             )
             .await
@@ -92,6 +94,7 @@ impl MemoryStore for QdrantMemory {
             .filter_map(|(group, (first, text))| candidate(&first, text, best[&group]))
             .collect();
         out.sort_by(|a, b| b.similarity.total_cmp(&a.similarity));
+        whisper_actors::memory::keyword_ranks(&mut out, &query.text);
         Ok(out)
     }
 

@@ -36,7 +36,11 @@ struct Upsert {
 
 #[derive(Message)]
 #[rtype(result = "Result<Vec<Fact>, StoreError>")]
-struct Current(String);
+struct Current {
+    user: String,
+    /// The closed (corrected) facts instead of the current ones.
+    closed: bool,
+}
 
 #[derive(Message)]
 #[rtype(result = "Result<u64, StoreError>")]
@@ -94,12 +98,15 @@ impl Handler<Upsert> for Worker {
 impl Handler<Current> for Worker {
     type Result = Result<Vec<Fact>, StoreError>;
 
-    fn handle(&mut self, Current(user): Current, _: &mut Self::Context) -> Self::Result {
+    fn handle(&mut self, Current { user, closed }: Current, _: &mut Self::Context) -> Self::Result {
         self.conn.run("read facts", |c| {
-            let mut stmt = c.prepare_cached(
+            let mut stmt = c.prepare_cached(if closed {
                 "SELECT subject, predicate, object, confidence, source, valid_from_ms, valid_to_ms
-                 FROM facts WHERE user_id = ?1 AND valid_to_ms IS NULL ORDER BY id",
-            )?;
+                 FROM facts WHERE user_id = ?1 AND valid_to_ms IS NOT NULL ORDER BY id"
+            } else {
+                "SELECT subject, predicate, object, confidence, source, valid_from_ms, valid_to_ms
+                 FROM facts WHERE user_id = ?1 AND valid_to_ms IS NULL ORDER BY id"
+            })?;
             let rows = stmt.query_map([user], |r| {
                 Ok(Fact {
                     subject: r.get(0)?,
@@ -170,7 +177,18 @@ impl FactStore for SqliteFacts {
         call_pool(&self.worker, &self.stats, STORE, msg).await
     }
     async fn current(&self, user: &str) -> Result<Vec<Fact>, StoreError> {
-        call_pool(&self.worker, &self.stats, STORE, Current(user.to_owned())).await
+        let read = Current {
+            user: user.to_owned(),
+            closed: false,
+        };
+        call_pool(&self.worker, &self.stats, STORE, read).await
+    }
+    async fn corrected(&self, user: &str) -> Result<Vec<Fact>, StoreError> {
+        let read = Current {
+            user: user.to_owned(),
+            closed: true,
+        };
+        call_pool(&self.worker, &self.stats, STORE, read).await
     }
     async fn forget_user(&self, user: &str) -> Result<u64, StoreError> {
         call_pool(&self.worker, &self.stats, STORE, Forget(user.to_owned())).await

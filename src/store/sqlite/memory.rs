@@ -1,5 +1,6 @@
 //! Vector memories in SQLite: vectors as BLOBs, searched exactly in Rust over the user's own
-//! partition, which is cached in memory (normalised, so a dot product is the cosine).
+//! partition, which is cached in memory (normalised, so a dot product is the cosine); and the
+//! same texts in an FTS5 index for the keyword half of hybrid recall.
 //!
 //! Exact search over one user's few thousand memories takes well under a millisecond and needs
 //! no index to maintain; it also makes isolation structural: a query only ever sees the rows
@@ -28,6 +29,7 @@ const STORE: &str = "sqlite memories";
 
 #[derive(Clone)]
 struct Row {
+    id: i64,
     scope: Scope,
     kind: MemoryKind,
     group: Arc<str>,
@@ -53,7 +55,7 @@ fn from_blob(b: &[u8]) -> Embedding {
 
 fn load_partition(conn: &Connection, key: &ConversationKey) -> rusqlite::Result<Vec<Row>> {
     let mut stmt = conn.prepare_cached(
-        "SELECT scope, kind, grp, chunk, text, importance, created_at_ms, vector
+        "SELECT scope, kind, grp, chunk, text, importance, created_at_ms, vector, id
          FROM memories WHERE user_id = ?1 AND character = ?2 ORDER BY id",
     )?;
     let rows = stmt.query_map(params![&*key.user, &*key.character], |r| {
@@ -61,6 +63,7 @@ fn load_partition(conn: &Connection, key: &ConversationKey) -> rusqlite::Result<
         let kind: String = r.get(1)?;
         let blob: Vec<u8> = r.get(7)?;
         Ok(Row {
+            id: r.get(8)?,
             scope: scope.parse().unwrap_or(Scope::Console),
             kind: MemoryKind::parse(&kind).unwrap_or(MemoryKind::Message),
             group: Arc::from(r.get::<_, String>(2)?),
@@ -125,7 +128,7 @@ impl Handler<Add> for Worker {
     fn handle(&mut self, Add(chunks): Add, _: &mut Self::Context) -> Self::Result {
         self.run("store memories", |conn, cache| {
             let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
-            let mut inserted = Vec::with_capacity(chunks.len());
+            let mut inserted: Vec<Option<i64>> = Vec::with_capacity(chunks.len());
             {
                 // OR IGNORE: a job that runs again after a crash finds its chunks already there.
                 let mut insert = tx.prepare_cached(
@@ -145,19 +148,20 @@ impl Handler<Add> for Worker {
                         c.created_at_ms,
                         to_blob(&c.vector),
                     ])?;
-                    inserted.push(n == 1);
+                    inserted.push((n == 1).then(|| tx.last_insert_rowid()));
                 }
             }
             // Keep a cached partition current (copy-on-write: searches in flight keep theirs);
             // see `partition` for why the commit happens under the cache lock.
             let mut cache = cache.lock().expect("cache lock");
             tx.commit()?;
-            for (c, new) in chunks.into_iter().zip(inserted) {
-                if !new {
+            for (c, id) in chunks.into_iter().zip(inserted) {
+                let Some(id) = id else {
                     continue;
-                }
+                };
                 if let Some(partition) = cache.get_mut(&c.key) {
                     Arc::make_mut(partition).push(Row {
+                        id,
                         scope: c.scope,
                         kind: c.kind,
                         group: Arc::from(c.group),
@@ -188,9 +192,38 @@ impl Handler<Search> for Worker {
                 let entry = best.entry(&row.group).or_insert(f32::MIN);
                 *entry = entry.max(sim);
             }
-            let mut groups: Vec<(&str, f32)> = best.into_iter().collect();
+            let mut groups: Vec<(&str, f32)> = best.iter().map(|(g, s)| (*g, *s)).collect();
             groups.sort_by(|a, b| b.1.total_cmp(&a.1));
             groups.truncate(query.limit);
+
+            // The keyword half: the index's best hits among this user's rows. A hit outside the
+            // loaded partition or its allowed scopes is dropped here, so isolation does not rest
+            // on the owner token alone.
+            let by_id: HashMap<i64, &Row> = partition.iter().map(|r| (r.id, r)).collect();
+            let mut keyword: Vec<&str> = Vec::new();
+            if let Some(expression) = match_expression(&query.key, &query.text) {
+                let mut stmt = conn.prepare_cached(
+                    "SELECT rowid FROM memories_fts WHERE memories_fts MATCH ?1
+                     ORDER BY bm25(memories_fts, 0.0, 1.0) LIMIT ?2",
+                )?;
+                let ids = stmt.query_map(params![expression, query.limit as i64 * 2], |r| {
+                    r.get::<_, i64>(0)
+                })?;
+                for id in ids {
+                    let Some(row) = by_id.get(&id?) else { continue };
+                    if query.scopes.allows(&row.scope)
+                        && !keyword.contains(&&*row.group)
+                        && keyword.len() < query.limit
+                    {
+                        keyword.push(&row.group);
+                    }
+                }
+            }
+            for g in &keyword {
+                if !groups.iter().any(|(group, _)| group == g) {
+                    groups.push((g, best[g]));
+                }
+            }
             Ok(groups
                 .into_iter()
                 .map(|(group, similarity)| {
@@ -210,11 +243,38 @@ impl Handler<Search> for Worker {
                         importance: first.importance,
                         created_at_ms: first.created_at_ms,
                         similarity,
+                        keyword_rank: keyword.iter().position(|g| *g == group).map(|p| p as u32),
+                        corrected_by: None,
                     }
                 })
                 .collect())
         })
     }
+}
+
+/// The FTS5 query for `text` within one user's memories: their owner token AND any of the
+/// message's search terms, each quoted so no word is read as FTS syntax. None: no terms.
+fn match_expression(key: &ConversationKey, text: &str) -> Option<String> {
+    let terms = whisper_actors::memory::terms::query_terms(text);
+    if terms.is_empty() {
+        return None;
+    }
+    let any: Vec<String> = terms
+        .iter()
+        .map(|t| format!("\"{}\"", t.replace('"', "")))
+        .collect();
+    Some(format!(
+        "owner : \"{}\" AND text : ({})",
+        owner_token(key),
+        any.join(" OR ")
+    ))
+}
+
+/// The same token the migration's triggers write: the lowercase hex of the character and user
+/// ids, ending in a digit (no stemmer rule touches it).
+fn owner_token(key: &ConversationKey) -> String {
+    let hex = |s: &str| s.bytes().map(|b| format!("{b:02x}")).collect::<String>();
+    format!("o{}x{}0", hex(&key.character), hex(&key.user))
 }
 
 #[derive(Message)]
@@ -227,6 +287,12 @@ impl Handler<Forget> for Worker {
     fn handle(&mut self, Forget(user): Forget, _: &mut Self::Context) -> Self::Result {
         self.run("forget user", |conn, cache| {
             let deleted = conn.execute("DELETE FROM memories WHERE user_id = ?1", [&user])?;
+            // FTS5 only marks deleted rows in newer segments; merging every segment rewrites the
+            // index without the user's words, and secure_delete zeroes the pages it frees.
+            conn.execute(
+                "INSERT INTO memories_fts (memories_fts) VALUES ('optimize')",
+                [],
+            )?;
             let mut cache = cache.lock().expect("cache lock");
             let keys: Vec<ConversationKey> = cache
                 .iter()
@@ -278,6 +344,8 @@ impl Handler<List> for Worker {
                         importance: chunks[0].importance,
                         created_at_ms: chunks[0].created_at_ms,
                         similarity: 1.0,
+                        keyword_rank: None,
+                        corrected_by: None,
                     }
                 })
                 .collect())

@@ -91,6 +91,22 @@ fn migrations() -> Migrations<'static> {
          );
          CREATE INDEX facts_current ON facts (user_id, valid_to_ms);",
         ),
+        // Keyword search over memories (hybrid recall). `owner` is one token per (character,
+        // user): the hex of both ids, ending in a digit so the stemmer leaves it alone, so a search intersects with the user's own rows in the
+        // index instead of filtering every user's hits. Triggers keep it in step with
+        // `memories`, whoever writes there (the store, a restore, forget).
+        M::up(
+            "CREATE VIRTUAL TABLE memories_fts USING fts5(owner, text, tokenize = 'porter unicode61');
+         INSERT INTO memories_fts (rowid, owner, text)
+             SELECT id, 'o' || lower(hex(character)) || 'x' || lower(hex(user_id)) || '0', text FROM memories;
+         CREATE TRIGGER memories_fts_insert AFTER INSERT ON memories BEGIN
+             INSERT INTO memories_fts (rowid, owner, text)
+             VALUES (new.id, 'o' || lower(hex(new.character)) || 'x' || lower(hex(new.user_id)) || '0', new.text);
+         END;
+         CREATE TRIGGER memories_fts_delete AFTER DELETE ON memories BEGIN
+             DELETE FROM memories_fts WHERE rowid = old.id;
+         END;",
+        ),
     ])
 }
 
