@@ -38,7 +38,8 @@ pub const RELATIVE_FLOOR: f32 = 0.75;
 /// How much a question the user asked counts against a statement.
 pub const QUESTION: f32 = 0.6;
 
-/// Two memories whose word sets overlap this much (Jaccard) are one memory for the prompt.
+/// Two memories of one kind whose word sets overlap this much (Jaccard) are one memory for
+/// the prompt.
 pub const NEAR_DUPLICATE: f32 = 0.8;
 
 /// The best `top_k` of the store's candidates for `query`, best first.
@@ -100,19 +101,21 @@ pub fn rank(
     ordered.extend(below);
 
     let mut kept: Vec<(f32, Candidate)> = Vec::with_capacity(settings.top_k);
-    let mut kept_words: Vec<HashSet<String>> = Vec::with_capacity(settings.top_k);
+    let mut kept_words: Vec<(super::MemoryKind, HashSet<String>)> =
+        Vec::with_capacity(settings.top_k);
     for (score, c) in ordered {
         if kept.len() == settings.top_k {
             break;
         }
         let these: HashSet<String> = words(&c.text).into_iter().map(|w| w.text).collect();
+        // Within a kind: a summary restating one message is still the conversation's summary.
         if kept_words
             .iter()
-            .any(|w| jaccard(w, &these) >= NEAR_DUPLICATE)
+            .any(|(kind, w)| *kind == c.kind && jaccard(w, &these) >= NEAR_DUPLICATE)
         {
             continue;
         }
-        kept_words.push(these);
+        kept_words.push((c.kind, these));
         kept.push((score, c));
     }
     kept
