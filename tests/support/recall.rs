@@ -10,7 +10,8 @@
 //! Then every question is asked as the user would ask it, and scored on what reached the
 //! prompt: the expected value in the recalled memories (and at ranks 1, 3, 5, 10 of the same
 //! recall), anywhere in the prompt, the stale value of a corrected fact without an "out of
-//! date" mark, and values from other users' conversations.
+//! date" mark, and values from other users' conversations. With `WHISPER_RECALL_DEBUG=1` every
+//! question whose value misses the top 5 is printed with the ranking it got.
 
 use std::collections::{BTreeSet, HashMap};
 use std::path::Path;
