@@ -28,8 +28,8 @@ use crate::memory::{
 use crate::pool::Pool;
 use crate::ports::{ChatModel, Embedder, HistoryStore};
 use crate::routing::ring::HashRing;
-use crate::routing::router::ShardRouter;
-use crate::routing::shard::{Drain, Shard, ShardSettings};
+use crate::routing::router::{Placement, ShardRouter};
+use crate::routing::shard::{Drain, Rebalance, Releasing, Shard, ShardSettings};
 pub use crate::shutdown::ShutdownReport;
 use crate::stats::{PoolStats, RuntimeStats, StatusSnapshot};
 use crate::supervision::RestartPolicy;
@@ -120,8 +120,25 @@ pub struct Runtime {
     router: ShardRouter,
     stats: Arc<RuntimeStats>,
     arbiters: Vec<Arbiter>,
+    /// One per shard, in shard order (a resize adds and stops them).
+    shard_arbiters: Arc<std::sync::Mutex<Vec<Arbiter>>>,
+    /// What a shard started by a resize needs.
+    shard_start: (Arc<ConversationDeps>, ShardSettings, u32),
+    /// One resize at a time.
+    resizing: Arc<tokio::sync::Mutex<()>>,
     llm: Addr<LlmActor>,
     classifier: Option<Pool<ClassifierActor>>,
+}
+
+/// What a resize did.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ResizeReport {
+    pub from: usize,
+    pub to: usize,
+    /// Live conversations whose key the new ring places on another shard (the busy ones
+    /// finish their messages where they are; the idle ones reload on their next message).
+    pub moved: usize,
+    pub live: usize,
 }
 
 impl Runtime {
@@ -290,13 +307,11 @@ impl Runtime {
 
         let mut arbiters = vec![llm_arbiter];
         let mut shards = Vec::with_capacity(settings.shards as usize);
+        let mut shard_arbiters = Vec::with_capacity(settings.shards as usize);
         for id in 0..settings.shards as usize {
-            let arbiter = Arbiter::new();
-            let (deps, shard_settings) = (deps.clone(), shard_settings.clone());
-            shards.push(Supervisor::start_in_arbiter(&arbiter.handle(), move |_| {
-                Shard::new(id, deps, shard_settings)
-            }));
-            arbiters.push(arbiter);
+            let (arbiter, shard) = start_shard(id, &deps, &shard_settings);
+            shards.push(shard);
+            shard_arbiters.push(arbiter);
         }
         if let Some(system) = &jobs {
             let arbiter = Arbiter::new();
@@ -318,9 +333,100 @@ impl Runtime {
             router,
             stats,
             arbiters,
+            shard_arbiters: Arc::new(std::sync::Mutex::new(shard_arbiters)),
+            shard_start: (deps, shard_settings, settings.virtual_nodes),
+            resizing: Arc::new(tokio::sync::Mutex::new(())),
             llm,
             classifier: classifier_addr,
         }
+    }
+
+    /// Re-shards to `shards` shards while conversations go on: new shards start at once, the
+    /// router switches to the new ring, and every conversation whose key moved is handed over
+    /// (its in-flight and queued messages answered where they are, in order, before its new
+    /// shard starts it). Removed shards stop once they hold nothing. Returns when the ring is
+    /// switched; the hand-over finishes in the background (see [`Self::resize_settled`]).
+    pub async fn resize_shards(&self, shards: usize) -> ResizeReport {
+        let _one_at_a_time = self.resizing.lock().await;
+        // A previous hand-over finishes first: two overlapping ones would need two rings.
+        self.settle().await;
+        let current = self.router.placement();
+        let from = current.shards.len();
+        let shards = shards.clamp(1, 1024);
+        let (deps, shard_settings, virtual_nodes) = &self.shard_start;
+        let ring = Arc::new(HashRing::new(shards as u32, *virtual_nodes));
+        let mut all: Vec<Addr<Shard>> = current.shards.to_vec();
+        for id in from..shards {
+            let (arbiter, shard) = start_shard(id, deps, shard_settings);
+            all.push(shard);
+            self.shard_arbiters
+                .lock()
+                .expect("arbiters lock")
+                .push(arbiter);
+        }
+        let live = self.stats.snapshot().live_conversations() as usize;
+        let moved = if from == shards {
+            0
+        } else {
+            let counts = join_all(all.iter().enumerate().map(|(i, s)| {
+                s.send(Rebalance {
+                    ring: ring.clone(),
+                    me: (i < shards).then_some(i as u32),
+                })
+            }));
+            self.router.set_placement(Placement {
+                ring: ring.clone(),
+                shards: all[..shards].to_vec().into(),
+                handover: Some(all.clone().into()),
+            });
+            counts.await.into_iter().map(|r| r.unwrap_or(0)).sum()
+        };
+        info!(from, to = shards, live, moved, "re-sharded");
+        ResizeReport {
+            from,
+            to: shards,
+            moved,
+            live,
+        }
+    }
+
+    /// Waits until the last resize's hand-over is done: no shard holds a conversation it no
+    /// longer owns, removed shards are drained and stopped, and messages stop carrying the
+    /// hand-over list.
+    pub async fn resize_settled(&self) {
+        let _one_at_a_time = self.resizing.lock().await;
+        self.settle().await;
+    }
+
+    async fn settle(&self) {
+        let placement = self.router.placement();
+        let Some(all) = placement.handover.clone() else {
+            return;
+        };
+        loop {
+            let releasing = join_all(all.iter().map(|s| s.send(Releasing))).await;
+            if releasing.into_iter().all(|r| r.unwrap_or(0) == 0) {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let keep = placement.shards.len();
+        for removed in all.iter().skip(keep) {
+            let (tx, rx) = oneshot::channel();
+            removed.do_send(Drain(tx));
+            let _ = rx.await;
+        }
+        self.router.set_placement(Placement {
+            ring: placement.ring.clone(),
+            shards: placement.shards.clone(),
+            handover: None,
+        });
+        let mut arbiters = self.shard_arbiters.lock().expect("arbiters lock");
+        let keep = keep.min(arbiters.len());
+        for arbiter in arbiters.drain(keep..) {
+            arbiter.stop();
+        }
+        self.stats.retain_shards(keep);
     }
 
     /// The LlmActor (admission to the model).
@@ -355,21 +461,17 @@ impl Runtime {
     pub async fn shutdown(self, timeout: Duration) -> ShutdownReport {
         self.router.stop_accepting();
         let deadline = tokio::time::Instant::now() + timeout;
-        let drains = self
-            .router
-            .shards()
-            .iter()
-            .enumerate()
-            .map(|(shard, addr)| {
-                let (tx, rx) = oneshot::channel();
-                addr.do_send(Drain(tx));
-                async move {
-                    tokio::time::timeout_at(deadline, rx)
-                        .await
-                        .is_err()
-                        .then_some(shard)
-                }
-            });
+        let shards = self.router.all_shards();
+        let drains = shards.iter().enumerate().map(|(shard, addr)| {
+            let (tx, rx) = oneshot::channel();
+            addr.do_send(Drain(tx));
+            async move {
+                tokio::time::timeout_at(deadline, rx)
+                    .await
+                    .is_err()
+                    .then_some(shard)
+            }
+        });
         let mut report = ShutdownReport {
             undrained_shards: join_all(drains).await.into_iter().flatten().collect(),
             ..Default::default()
@@ -406,6 +508,22 @@ impl Runtime {
         for arbiter in &self.arbiters {
             arbiter.stop();
         }
+        for arbiter in self.shard_arbiters.lock().expect("arbiters lock").iter() {
+            arbiter.stop();
+        }
         report
     }
+}
+
+/// Starts shard `id` under a Supervisor on an arbiter of its own.
+fn start_shard(
+    id: usize,
+    deps: &Arc<ConversationDeps>,
+    settings: &ShardSettings,
+) -> (Arbiter, Addr<Shard>) {
+    let arbiter = Arbiter::new();
+    let (deps, settings) = (deps.clone(), settings.clone());
+    let shard =
+        Supervisor::start_in_arbiter(&arbiter.handle(), move |_| Shard::new(id, deps, settings));
+    (arbiter, shard)
 }

@@ -95,7 +95,8 @@ pub struct SupervisionStats {
 #[derive(Debug)]
 pub struct RuntimeStats {
     pub supervision: SupervisionStats,
-    pub shards: Vec<ShardStats>,
+    /// One per running shard, in shard order; re-sharding adds and removes them.
+    shards: std::sync::RwLock<Vec<Arc<ShardStats>>>,
     pub llm: LlmStats,
     pub pipeline: PipelineStats,
     pub pools: Vec<(String, Arc<PoolStats>)>,
@@ -105,17 +106,44 @@ impl RuntimeStats {
     pub fn new(shards: usize, pools: Vec<(String, Arc<PoolStats>)>) -> Self {
         Self {
             supervision: SupervisionStats::default(),
-            shards: (0..shards).map(|_| ShardStats::default()).collect(),
+            shards: std::sync::RwLock::new(
+                (0..shards)
+                    .map(|_| Arc::new(ShardStats::default()))
+                    .collect(),
+            ),
             llm: LlmStats::default(),
             pipeline: PipelineStats::default(),
             pools,
         }
     }
 
+    /// Shard `id`'s counters (created when a resize starts the shard).
+    pub fn shard(&self, id: usize) -> Arc<ShardStats> {
+        let mut shards = self.shards.write().expect("shard stats lock");
+        while shards.len() <= id {
+            shards.push(Arc::new(ShardStats::default()));
+        }
+        shards[id].clone()
+    }
+
+    /// Forgets the counters of shards at `count` and beyond (they were stopped by a shrink).
+    pub fn retain_shards(&self, count: usize) {
+        self.shards
+            .write()
+            .expect("shard stats lock")
+            .truncate(count);
+    }
+
+    pub fn shard_count(&self) -> usize {
+        self.shards.read().expect("shard stats lock").len()
+    }
+
     pub fn snapshot(&self) -> StatusSnapshot {
         StatusSnapshot {
             shards: self
                 .shards
+                .read()
+                .expect("shard stats lock")
                 .iter()
                 .enumerate()
                 .map(|(id, s)| ShardStatus {

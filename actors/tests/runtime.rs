@@ -92,6 +92,14 @@ fn settings(shards: u32) -> RuntimeSettings {
 }
 
 fn runtime(shards: u32, history: Arc<HistoryVec>) -> Runtime {
+    runtime_with(settings(shards), history, Arc::new(EchoModel))
+}
+
+fn runtime_with(
+    settings: RuntimeSettings,
+    history: Arc<HistoryVec>,
+    model: Arc<dyn whisper_actors::ports::ChatModel>,
+) -> Runtime {
     let params = ModelParams {
         model: None,
         temperature: 0.7,
@@ -108,11 +116,11 @@ fn runtime(shards: u32, history: Arc<HistoryVec>) -> Runtime {
         fast_model: None,
     };
     Runtime::start(
-        settings(shards),
+        settings,
         RuntimeParts {
             characters: CharacterSet::new([aria]),
             history,
-            model: Arc::new(EchoModel),
+            model,
             extra_providers: Vec::new(),
             embedder: None,
             intents: None,
@@ -225,4 +233,119 @@ async fn a_panicking_shard_restarts_and_reloads_from_the_store() {
     );
     let report = runtime.shutdown(Duration::from_secs(1)).await;
     assert!(report.drained(), "{report}");
+}
+
+/// Answers with the message and the previous user message in its prompt (the history the
+/// conversation had), a little slowly, so messages are in flight while the ring changes.
+struct SlowEcho;
+
+#[async_trait::async_trait]
+impl whisper_actors::ports::ChatModel for SlowEcho {
+    async fn stream(
+        &self,
+        request: whisper_actors::ports::ChatRequest,
+    ) -> Result<whisper_actors::ports::TokenStream, whisper_actors::ports::LlmError> {
+        tokio::time::sleep(Duration::from_millis(3)).await;
+        let users: Vec<&str> = request
+            .messages
+            .iter()
+            .filter(|m| m.role == whisper_actors::ports::Role::User)
+            .map(|m| m.content.as_str())
+            .collect();
+        let previous = users.len().checked_sub(2).map_or("none", |i| users[i]);
+        let answer = format!(
+            "echo: {} | previous: {previous}",
+            users.last().unwrap_or(&"")
+        );
+        Ok(Box::pin(futures::stream::iter([Ok(
+            whisper_actors::ports::ModelDelta::Text(answer),
+        )])))
+    }
+}
+
+/// 50 users × 20 messages, all sent at once, while the ring goes 2 → 5 → 3 shards: every
+/// message is answered exactly once, each user's replies come in order, and each reply's
+/// prompt holds the user's previous message (history followed the conversation to its new
+/// shard).
+#[actix_rt::test]
+async fn resharding_under_load_keeps_every_promise() {
+    let mut s = settings(2);
+    s.llm.max_concurrent = 64;
+    s.llm.queue_capacity = 2_000;
+    let history = Arc::new(HistoryVec::default());
+    let runtime = runtime_with(s, history.clone(), Arc::new(SlowEcho));
+    let (sink, mut updates) = ChannelSink::start();
+    let users: Vec<ConversationKey> = (0..50)
+        .map(|u| ConversationKey::new("aria", format!("u{u}")))
+        .collect();
+    let router = runtime.router();
+    let send = |key: &ConversationKey, n: u64| {
+        router
+            .route(UserMessage {
+                key: key.clone(),
+                scope: Scope::Direct,
+                channel: None,
+                display_name: key.user.to_string(),
+                text: format!("{} says m{n}", key.user),
+                message_id: n,
+                received_at: Instant::now(),
+                reply_to: sink.clone(),
+            })
+            .expect("routed")
+    };
+    let mut resized = Vec::new();
+    for n in 1..=20u64 {
+        for key in &users {
+            send(key, n);
+        }
+        if n == 5 {
+            resized.push(runtime.resize_shards(5).await);
+        }
+        if n == 12 {
+            resized.push(runtime.resize_shards(3).await);
+        }
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    let mut finals: std::collections::HashMap<String, Vec<(u64, String)>> = Default::default();
+    let mut count = 0;
+    while count < 50 * 20 {
+        let update = tokio::time::timeout(Duration::from_secs(20), updates.recv())
+            .await
+            .expect("every reply within 20 s")
+            .expect("sink open");
+        if update.is_final() {
+            assert!(done(&update), "{update:?}");
+            finals
+                .entry(update.key.user.to_string())
+                .or_default()
+                .push((update.message_id, update.text.clone()));
+            count += 1;
+        }
+    }
+    for key in &users {
+        let replies = &finals[&*key.user];
+        let ids: Vec<u64> = replies.iter().map(|(id, _)| *id).collect();
+        assert_eq!(
+            ids,
+            (1..=20).collect::<Vec<u64>>(),
+            "{}: in order, once each",
+            key.user
+        );
+        for (id, text) in replies.iter().skip(1) {
+            assert!(
+                text.ends_with(&format!("previous: {} says m{}", key.user, id - 1)),
+                "{} m{id}: the previous turn is in the prompt: {text}",
+                key.user
+            );
+        }
+    }
+    runtime.resize_settled().await;
+    assert_eq!(resized[0].from, 2);
+    assert_eq!(resized[1].to, 3);
+    assert!(resized.iter().all(|r| r.moved > 0), "{resized:?}");
+    assert_eq!(runtime.status().shards.len(), 3, "removed shards stopped");
+    let report = runtime.shutdown(Duration::from_secs(5)).await;
+    assert!(report.drained(), "{report}");
+    let stored = history.0.lock().unwrap();
+    assert_eq!(stored.len(), 50 * 20, "each turn stored once");
 }

@@ -106,6 +106,7 @@ pub struct ConversationEscalated {
 /// `Arc`: every `Recipient` clone allocates, and 100k idle actors feel each allocation.
 pub struct ShardLink {
     pub shard: usize,
+    pub stats: Arc<crate::stats::ShardStats>,
     pub deps: Arc<ConversationDeps>,
     pub finished: Recipient<TurnFinished>,
     pub escalated: Recipient<ConversationEscalated>,
@@ -247,7 +248,7 @@ impl ConversationActor {
     /// crash), apologises for the message in flight and stops; the supervisor restarts the
     /// actor in place with the same mailbox.
     fn crashed(&mut self, cause: String, ctx: &mut Context<Self>) {
-        let stats = &self.link.deps.stats.shards[self.link.shard];
+        let stats = &self.link.stats;
         let policy = &self.link.deps.settings.restart;
         let crashes = self.crashes.get_or_insert_with(|| {
             Box::new(Crashes {

@@ -3,11 +3,16 @@
 //! It is a cheap, cloneable handle rather than an actor: routing is a pure function of the key,
 //! and putting it behind a mailbox would funnel every message in the process through one thread.
 //! Transports call [`ShardRouter::route`] directly from wherever they run.
+//!
+//! The placement (ring and shard addresses) is swapped whole on a resize: every clone of the
+//! router sees the new one at its next message. During the hand-over that follows, messages
+//! carry the shards that may still hold a key's conversation (see [`crate::routing::shard`]).
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use actix::{Addr, WeakAddr};
+use arc_swap::ArcSwap;
 
 use crate::character::CharacterSet;
 use crate::conversation::ConversationActor;
@@ -27,10 +32,17 @@ pub enum RouteError {
     ShardDown(usize),
 }
 
+/// Where keys go: the ring, its shards, and (while a resize hands conversations over) every
+/// shard that may still hold one.
+pub(crate) struct Placement {
+    pub ring: Arc<HashRing>,
+    pub shards: Arc<[Addr<Shard>]>,
+    pub handover: Option<Arc<[Addr<Shard>]>>,
+}
+
 #[derive(Clone)]
 pub struct ShardRouter {
-    ring: Arc<HashRing>,
-    shards: Arc<[Addr<Shard>]>,
+    placement: Arc<ArcSwap<Placement>>,
     characters: CharacterSet,
     stats: Arc<RuntimeStats>,
     accepting: Arc<AtomicBool>,
@@ -44,16 +56,30 @@ impl ShardRouter {
         stats: Arc<RuntimeStats>,
     ) -> Self {
         Self {
-            ring: Arc::new(ring),
-            shards: shards.into(),
+            placement: Arc::new(ArcSwap::from_pointee(Placement {
+                ring: Arc::new(ring),
+                shards: shards.into(),
+                handover: None,
+            })),
             characters,
             stats,
             accepting: Arc::new(AtomicBool::new(true)),
         }
     }
 
+    pub(crate) fn placement(&self) -> Arc<Placement> {
+        self.placement.load_full()
+    }
+
+    pub(crate) fn set_placement(&self, placement: Placement) {
+        self.placement.store(Arc::new(placement));
+    }
+
     pub fn shard_of(&self, key: &ConversationKey) -> usize {
-        self.ring.shard_for(&key.character, &key.user) as usize
+        self.placement
+            .load()
+            .ring
+            .shard_for(&key.character, &key.user) as usize
     }
 
     pub fn characters(&self) -> &CharacterSet {
@@ -70,13 +96,14 @@ impl ShardRouter {
             return Err(RouteError::UnknownCharacter(msg.key.character.to_string()));
         };
         msg.key.character = character.clone();
-        let shard = self.shard_of(&msg.key);
-        let addr = &self.shards[shard];
+        let placement = self.placement.load();
+        let shard = placement.ring.shard_for(&msg.key.character, &msg.key.user) as usize;
+        let addr = &placement.shards[shard];
         if !addr.connected() {
             return Err(RouteError::ShardDown(shard));
         }
         self.stats.pipeline.messages.inc();
-        addr.do_send(Route(msg));
+        addr.do_send(Route(msg, placement.handover.clone()));
         Ok(())
     }
 
@@ -85,7 +112,7 @@ impl ShardRouter {
     /// [`Forgotten::finished`], so a turn still in flight cannot write behind the delete.
     pub async fn forget_user(&self, user: &str) -> Forgotten {
         let replies = futures::future::join_all(
-            self.shards
+            self.all_shards()
                 .iter()
                 .map(|shard| shard.send(ForgetUser(user.to_owned()))),
         )
@@ -102,8 +129,18 @@ impl ShardRouter {
         self.accepting.store(false, Ordering::Release);
     }
 
-    pub fn shards(&self) -> &[Addr<Shard>] {
-        &self.shards
+    /// The shards of the current ring.
+    pub fn shards(&self) -> Arc<[Addr<Shard>]> {
+        self.placement.load().shards.clone()
+    }
+
+    /// Every running shard: the ring's, and during a hand-over those still answering.
+    pub fn all_shards(&self) -> Arc<[Addr<Shard>]> {
+        let placement = self.placement.load();
+        placement
+            .handover
+            .clone()
+            .unwrap_or_else(|| placement.shards.clone())
     }
 }
 

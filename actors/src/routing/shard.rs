@@ -5,7 +5,16 @@
 //! reached. Passivation simply drops the shard's address: the actor finishes whatever is in its
 //! mailbox and stops, and its state is reloaded from the store on the next message. A
 //! conversation with messages in flight is never passivated or evicted.
+//!
+//! Re-sharding hands conversations over without reordering: after a resize ([`Rebalance`]) a
+//! shard drops the idle conversations it no longer owns and keeps the busy ones as *releasing*
+//! until their last routed message is answered. The new owner of a key, on its first message
+//! during the transition, holds that message (and any after it) and asks every other shard to
+//! [`Release`] the key; it starts the conversation (reloading history from the store, where the
+//! old owner's last turn already is) only when all have answered. So one key never has two
+//! conversations answering at once, and nothing routed is lost or answered twice.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -20,6 +29,7 @@ use crate::conversation::{
 };
 use crate::key::ConversationKey;
 use crate::messages::UserMessage;
+use crate::routing::ring::HashRing;
 use crate::stats::ShardStats;
 
 #[derive(Clone, Debug)]
@@ -28,10 +38,31 @@ pub struct ShardSettings {
     pub max_conversations: usize,
 }
 
-/// A user message routed to this shard.
+/// A user message routed to this shard. `handover`: the shards that may still hold the
+/// key's conversation (a resize is in progress); they release it before this shard starts one.
 #[derive(Message)]
 #[rtype(result = "()")]
-pub struct Route(pub UserMessage);
+pub struct Route(pub UserMessage, pub Option<Arc<[Addr<Shard>]>>);
+
+/// Answers once this shard holds no conversation of `key` with messages in flight (and no
+/// longer routes any to it).
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct Release(pub ConversationKey);
+
+/// A resize happened: `ring` is the new placement, and this shard is shard `me` in it (or not
+/// in it at all when it is being removed).
+#[derive(Message)]
+#[rtype(result = "usize")]
+pub struct Rebalance {
+    pub ring: Arc<HashRing>,
+    pub me: Option<u32>,
+}
+
+/// How many conversations this shard still hands over (0: the resize is done here).
+#[derive(Message)]
+#[rtype(result = "usize")]
+pub struct Releasing;
 
 /// Drops every conversation actor of `user` (their warm caches go with them).
 #[derive(Message)]
@@ -45,17 +76,28 @@ pub struct Drain(pub oneshot::Sender<()>);
 
 /// Kept small: one per live conversation.
 struct Entry {
-    addr: Addr<ConversationActor>,
+    /// `None` while the key's previous shards release it: messages wait in `held`.
+    addr: Option<Addr<ConversationActor>>,
     generation: u32,
+    /// Messages routed and not yet finished, held ones included.
     pending: u32,
     last_active: Instant,
+    held: Vec<UserMessage>,
+}
+
+/// A conversation this shard no longer owns, answering its last messages.
+struct Leaving {
+    entry: Entry,
+    waiters: Vec<oneshot::Sender<()>>,
 }
 
 pub struct Shard {
     id: usize,
     deps: Arc<ConversationDeps>,
+    stats: Arc<ShardStats>,
     settings: ShardSettings,
     conversations: LruCache<ConversationKey, Entry>,
+    leaving: HashMap<ConversationKey, Leaving>,
     /// Shared by all of this shard's conversations; set in `started`.
     link: Option<Arc<ShardLink>>,
     next_generation: u32,
@@ -67,9 +109,11 @@ impl Shard {
     pub fn new(id: usize, deps: Arc<ConversationDeps>, settings: ShardSettings) -> Self {
         Self {
             id,
+            stats: deps.stats.shard(id),
             deps,
             settings,
             conversations: LruCache::unbounded(),
+            leaving: HashMap::new(),
             link: None,
             next_generation: 0,
             pending_total: 0,
@@ -78,20 +122,47 @@ impl Shard {
     }
 
     fn stats(&self) -> &ShardStats {
-        &self.deps.stats.shards[self.id]
+        &self.stats
     }
 
-    fn start_conversation(&mut self, key: &ConversationKey, ctx: &mut Context<Self>) -> Entry {
+    /// A new entry for `key`: its conversation started at once, or (`waiting`) once the
+    /// key's previous shards have released it.
+    fn new_entry(
+        &mut self,
+        key: &ConversationKey,
+        waiting: bool,
+        ctx: &mut Context<Self>,
+    ) -> Entry {
         self.make_room();
         self.next_generation = self.next_generation.wrapping_add(1);
-        let generation = self.next_generation;
-        let (id, deps, key2) = (self.id, &self.deps, key.clone());
+        let mut entry = Entry {
+            addr: None,
+            generation: self.next_generation,
+            pending: 0,
+            last_active: Instant::now(),
+            held: Vec::new(),
+        };
+        self.stats().live_conversations.inc();
+        if !waiting {
+            entry.addr = Some(self.spawn_conversation(key, entry.generation, ctx));
+        }
+        entry
+    }
+
+    fn spawn_conversation(
+        &mut self,
+        key: &ConversationKey,
+        generation: u32,
+        ctx: &mut Context<Self>,
+    ) -> Addr<ConversationActor> {
+        let (id, deps, stats, key2) = (self.id, &self.deps, &self.stats, key.clone());
         let link = self
             .link
             .get_or_insert_with(|| {
                 let me = ctx.address();
                 Arc::new(ShardLink {
                     shard: id,
+                    stats: stats.clone(),
                     deps: deps.clone(),
                     finished: me.clone().recipient(),
                     escalated: me.recipient(),
@@ -100,14 +171,34 @@ impl Shard {
             .clone();
         let addr = Supervisor::start(move |_| ConversationActor::new(key2, generation, link));
         self.stats().started.inc();
-        self.stats().live_conversations.inc();
         debug!(shard = self.id, %key, generation, "conversation started");
-        Entry {
-            addr,
-            generation,
-            pending: 0,
-            last_active: Instant::now(),
+        addr
+    }
+
+    /// The previous shards released `key`: start its conversation and hand it what was held.
+    fn released(&mut self, key: ConversationKey, generation: u32, ctx: &mut Context<Self>) {
+        let entry = self
+            .conversations
+            .peek(&key)
+            .is_some_and(|e| e.generation == generation && e.addr.is_none());
+        let in_leaving = self
+            .leaving
+            .get(&key)
+            .is_some_and(|l| l.entry.generation == generation && l.entry.addr.is_none());
+        if !entry && !in_leaving {
+            return;
         }
+        let addr = self.spawn_conversation(&key, generation, ctx);
+        let slot = if entry {
+            self.conversations.peek_mut(&key).expect("checked above")
+        } else {
+            &mut self.leaving.get_mut(&key).expect("checked above").entry
+        };
+        for msg in slot.held.drain(..) {
+            addr.do_send(msg);
+        }
+        slot.addr = Some(addr);
+        debug!(shard = self.id, %key, "conversation handed over");
     }
 
     /// Evicts least recently used idle conversations until at most `limit` remain. Busy ones
@@ -121,9 +212,9 @@ impl Shard {
                 .find(|(_, e)| e.pending == 0)
                 .map(|(k, _)| k.clone());
             let Some(victim) = victim else { return false };
-            if let Some(entry) = self.conversations.pop(&victim) {
+            if let Some(addr) = self.conversations.pop(&victim).and_then(|e| e.addr) {
                 // Evicted conversations are idle ones: their session ends like a passivation.
-                entry.addr.do_send(crate::conversation::GoingIdle);
+                addr.do_send(crate::conversation::GoingIdle);
             }
             self.stats().evicted.inc();
             self.stats().live_conversations.dec();
@@ -154,8 +245,8 @@ impl Shard {
             .map(|(k, _)| k.clone())
             .collect();
         for key in idle {
-            if let Some(entry) = self.conversations.pop(&key) {
-                entry.addr.do_send(crate::conversation::GoingIdle);
+            if let Some(addr) = self.conversations.pop(&key).and_then(|e| e.addr) {
+                addr.do_send(crate::conversation::GoingIdle);
             }
             self.stats().passivated.inc();
             self.stats().live_conversations.dec();
@@ -189,18 +280,23 @@ impl Supervised for Shard {
             live = self.conversations.len(),
             "shard restarting; its conversations will reload from the store"
         );
-        self.deps.stats.shards[self.id].restarts.inc();
-        self.deps.stats.shards[self.id].live_conversations.set(0);
+        self.stats.restarts.inc();
+        self.stats.live_conversations.set(0);
         self.conversations.clear();
+        for (_, leaving) in self.leaving.drain() {
+            for waiter in leaving.waiters {
+                let _ = waiter.send(());
+            }
+        }
     }
 }
 
 impl Handler<Route> for Shard {
     type Result = ();
 
-    fn handle(&mut self, Route(msg): Route, ctx: &mut Self::Context) {
+    fn handle(&mut self, Route(msg, handover): Route, ctx: &mut Self::Context) {
         let (reply_to, key, message_id) = (msg.reply_to.clone(), msg.key.clone(), msg.message_id);
-        let routed = crate::supervision::catch("Shard", ctx, |ctx| self.route(msg, ctx));
+        let routed = crate::supervision::catch("Shard", ctx, |ctx| self.route(msg, handover, ctx));
         if routed.is_none() {
             // The shard restarts fresh; the message that broke it gets an answer.
             self.deps.stats.supervision.shard.inc();
@@ -225,9 +321,43 @@ impl Handler<crate::pool::InjectPanic> for Shard {
 }
 
 impl Shard {
-    fn route(&mut self, msg: UserMessage, ctx: &mut Context<Self>) {
+    fn route(
+        &mut self,
+        msg: UserMessage,
+        handover: Option<Arc<[Addr<Shard>]>>,
+        ctx: &mut Context<Self>,
+    ) {
+        self.pending_total += 1;
+        self.stats.pending_messages.inc();
+        // A key this shard is handing over keeps answering here until it is released
+        // (a message routed just before the resize).
+        if let Some(leaving) = self.leaving.get_mut(&msg.key) {
+            leaving.entry.pending += 1;
+            match &leaving.entry.addr {
+                Some(addr) => addr.do_send(msg),
+                None => leaving.entry.held.push(msg),
+            }
+            return;
+        }
         if !self.conversations.contains(&msg.key) {
-            let entry = self.start_conversation(&msg.key, ctx);
+            let others: Vec<Addr<Shard>> = handover
+                .iter()
+                .flat_map(|shards| shards.iter())
+                .filter(|s| **s != ctx.address())
+                .cloned()
+                .collect();
+            let entry = self.new_entry(&msg.key, !others.is_empty(), ctx);
+            if !others.is_empty() {
+                let (key, generation) = (msg.key.clone(), entry.generation);
+                let asks = others
+                    .into_iter()
+                    .map(move |s| s.send(Release(key.clone())));
+                let key = msg.key.clone();
+                ctx.spawn(
+                    actix::fut::wrap_future(futures::future::join_all(asks))
+                        .map(move |_, shard: &mut Shard, ctx| shard.released(key, generation, ctx)),
+                );
+            }
             self.conversations.put(msg.key.clone(), entry);
         }
         let entry = self
@@ -236,9 +366,10 @@ impl Shard {
             .expect("inserted above");
         entry.pending += 1;
         entry.last_active = Instant::now();
-        self.pending_total += 1;
-        self.deps.stats.shards[self.id].pending_messages.inc();
-        entry.addr.do_send(msg);
+        match &entry.addr {
+            Some(addr) => addr.do_send(msg),
+            None => entry.held.push(msg),
+        }
     }
 }
 
@@ -253,12 +384,101 @@ impl Handler<TurnFinished> for Shard {
         {
             entry.pending = entry.pending.saturating_sub(1);
             entry.last_active = Instant::now();
+        } else if let Some(leaving) = self.leaving.get_mut(&msg.key)
+            && leaving.entry.generation == msg.generation
+        {
+            leaving.entry.pending = leaving.entry.pending.saturating_sub(1);
+            if leaving.entry.pending == 0 {
+                let done = self.leaving.remove(&msg.key).expect("present");
+                self.stats.live_conversations.dec();
+                for waiter in done.waiters {
+                    let _ = waiter.send(());
+                }
+            }
         }
         // Back under the limit once an overflowing burst goes idle.
         if self.conversations.len() > self.settings.max_conversations {
             self.enforce_limit(self.settings.max_conversations);
         }
         self.release_drain_waiters();
+    }
+}
+
+impl Handler<Release> for Shard {
+    type Result = ResponseFuture<()>;
+
+    fn handle(&mut self, Release(key): Release, _: &mut Self::Context) -> Self::Result {
+        if let Some(entry) = self.conversations.pop(&key) {
+            if entry.pending == 0 {
+                // Idle: dropping the address lets the actor stop; its history is in the store.
+                self.stats.live_conversations.dec();
+                return Box::pin(async {});
+            }
+            self.leaving.insert(
+                key.clone(),
+                Leaving {
+                    entry,
+                    waiters: Vec::new(),
+                },
+            );
+        }
+        match self.leaving.get_mut(&key) {
+            Some(leaving) => {
+                let (tx, rx) = oneshot::channel();
+                leaving.waiters.push(tx);
+                Box::pin(async move {
+                    let _ = rx.await;
+                })
+            }
+            None => Box::pin(async {}),
+        }
+    }
+}
+
+impl Handler<Rebalance> for Shard {
+    type Result = usize;
+
+    /// Drops the idle conversations the new ring puts elsewhere and keeps the busy ones as
+    /// leaving, so their new owner's [`Release`] waits for exactly those.
+    fn handle(&mut self, m: Rebalance, _: &mut Self::Context) -> usize {
+        let moved: Vec<ConversationKey> = self
+            .conversations
+            .iter()
+            .filter(|(k, _)| m.me != Some(m.ring.shard_for(&k.character, &k.user)))
+            .map(|(k, _)| k.clone())
+            .collect();
+        let mut kept = 0usize;
+        let count = moved.len();
+        for key in moved {
+            let entry = self.conversations.pop(&key).expect("listed above");
+            if entry.pending == 0 {
+                self.stats.live_conversations.dec();
+            } else {
+                kept += 1;
+                self.leaving.insert(
+                    key,
+                    Leaving {
+                        entry,
+                        waiters: Vec::new(),
+                    },
+                );
+            }
+        }
+        debug!(
+            shard = self.id,
+            moved = count,
+            handing_over = kept,
+            "rebalanced"
+        );
+        count
+    }
+}
+
+impl Handler<Releasing> for Shard {
+    type Result = usize;
+
+    fn handle(&mut self, _: Releasing, _: &mut Self::Context) -> usize {
+        self.leaving.len()
     }
 }
 
@@ -273,6 +493,17 @@ impl Handler<ConversationEscalated> for Shard {
         if matches {
             self.conversations.pop(&msg.key);
             self.stats().live_conversations.dec();
+        }
+        if self
+            .leaving
+            .get(&msg.key)
+            .is_some_and(|l| l.entry.generation == msg.generation)
+        {
+            let done = self.leaving.remove(&msg.key).expect("present");
+            self.stats().live_conversations.dec();
+            for waiter in done.waiters {
+                let _ = waiter.send(());
+            }
         }
         error!(shard = self.id, key = %msg.key, cause = %msg.cause, "conversation escalated: dropped; the next message starts a fresh one");
     }
@@ -301,10 +532,18 @@ impl Handler<ForgetUser> for Shard {
             .collect();
         let mut leaving = Vec::with_capacity(keys.len());
         for key in &keys {
-            if let Some(entry) = self.conversations.pop(key) {
-                leaving.push(entry.addr.downgrade());
+            if let Some(addr) = self.conversations.pop(key).and_then(|e| e.addr) {
+                leaving.push(addr.downgrade());
             }
             self.stats().live_conversations.dec();
+        }
+        // Conversations being handed over are forgotten too (they finish what they hold).
+        for (key, handed) in &self.leaving {
+            if *key.user == *user
+                && let Some(addr) = &handed.entry.addr
+            {
+                leaving.push(addr.downgrade());
+            }
         }
         leaving
     }
