@@ -28,6 +28,9 @@ usage: ./bot.sh <command> [args...]
                     discord.tokens, or (none configured) an interactive terminal chat
                     (e.g. ./bot.sh run --character aria --user alice)
   test              provision test needs and run the whole test suite
+  reload            make the running bot re-read config/ and the character files and apply
+                    what changed (the same as SIGHUP); prints what changed and what needs a
+                    restart
   bench [scenario]  run the benchmarks: overhead, load, idle, classifier, search, memory,
                     context (default: all); "memory --server" replays the recall set on the
                     server stores that run here
@@ -262,6 +265,13 @@ cmd_test() {
   fi
 }
 
+cmd_reload() {
+  cd "$ROOT"
+  local bin="$ROOT/target/release/whisperengine"
+  [[ -x "$bin" ]] || die "no release build at $bin: the running bot was started with ./bot.sh run"
+  exec "$bin" reload "$@"
+}
+
 cmd_bench() {
   provision_embeddings
   if [[ " $* " == *" --server "* ]]; then provision_arcadedb; fi
@@ -277,6 +287,7 @@ main() {
     run) cmd_run "$@" ;;
     test) cmd_test "$@" ;;
     bench) cmd_bench "$@" ;;
+    reload) cmd_reload "$@" ;;
     provision)
       case "${1:-all}" in
         embeddings) provision_embeddings ;;

@@ -60,6 +60,9 @@ enum Command {
     },
     /// Show the running bot's shards, conversations, pools, queues and restarts
     Status,
+    /// Make the running bot re-read its configuration and character files and apply what
+    /// changed (SIGHUP does the same); prints what changed and what needs a restart
+    Reload,
     /// Back up every store in use into DIR (default backups/<UTC time>), with a manifest
     Backup { dir: Option<std::path::PathBuf> },
     /// Restore a backup into the stores configured now (any backend); verified first
@@ -91,13 +94,17 @@ fn main() -> ExitCode {
     }
 }
 
-fn load(cli: &Cli) -> anyhow::Result<(Settings, whisper_actors::CharacterSet)> {
-    let overrides = Overrides {
+/// The configuration layers this invocation reads (a reload re-reads the same ones).
+fn overrides(cli: &Cli) -> Overrides {
+    Overrides {
         config_file: cli.config.clone(),
         data_dir: cli.data_dir.clone(),
         ignore_environment: false,
-    };
-    let settings = config::load(&overrides)?.settings;
+    }
+}
+
+fn load(cli: &Cli) -> anyhow::Result<(Settings, whisper_actors::CharacterSet)> {
+    let settings = config::load(&overrides(cli))?.settings;
     let characters = config::characters::load_dir(&settings.characters.dir)?;
     if characters.get(&settings.characters.default).is_none() {
         anyhow::bail!(
@@ -202,6 +209,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 }
             }
         }
+        Command::Reload => reload(&cli),
         Command::Run { character, user } => {
             let (settings, _) = load(&cli)?;
             if settings.discord.tokens.is_empty() {
@@ -254,7 +262,10 @@ fn discord(cli: &Cli) -> anyhow::Result<ExitCode> {
                 return Err(error.into());
             }
         };
-        whisperengine::transport::wait_for_shutdown().await;
+        tokio::select! {
+            () = whisperengine::transport::wait_for_shutdown() => {}
+            () = reload_on_sighup(&app, overrides(cli)) => {}
+        }
         bots.shutdown().await;
         app.shutdown().await;
         Ok(ExitCode::SUCCESS)
@@ -301,9 +312,69 @@ fn chat(cli: &Cli, character: Option<String>, user: Option<String>) -> anyhow::R
     });
     system.block_on(async move {
         let app = App::start(settings, characters).await?;
-        let result = console::run(&app, options).await;
+        let result = tokio::select! {
+            result = console::run(&app, options) => result,
+            () = reload_on_sighup(&app, overrides(cli)) => Ok(()),
+        };
         app.shutdown().await;
         result?;
         Ok(ExitCode::SUCCESS)
     })
+}
+
+/// Applies a reload on every SIGHUP, for as long as the bot runs (never returns unless the
+/// signal cannot be listened for).
+async fn reload_on_sighup(app: &App, source: Overrides) {
+    let Ok(mut hup) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) else {
+        tracing::warn!("cannot listen for SIGHUP; `whisperengine reload` will not work");
+        return std::future::pending().await;
+    };
+    while hup.recv().await.is_some() {
+        app.reload(&source).await;
+    }
+    std::future::pending().await
+}
+
+/// `whisperengine reload`: validates here first (a broken file never reaches the bot), then
+/// signals the running process and prints the outcome it writes.
+fn reload(cli: &Cli) -> anyhow::Result<ExitCode> {
+    use whisperengine::app::reload::ReloadOutcome;
+    let settings = match config::load(&overrides(cli)) {
+        Ok(loaded) => loaded.settings,
+        Err(error) => {
+            println!("reload rejected, nothing changed: {error}");
+            return Ok(ExitCode::FAILURE);
+        }
+    };
+    let dir = &settings.storage.data_dir;
+    let Some((file, true)) = status::read(dir) else {
+        anyhow::bail!("no running whisperengine reports to {}", dir.display());
+    };
+    let before = ReloadOutcome::read(dir).map(|o| (o.attempt, o.at_ms));
+    // SAFETY: kill(2) with a pid from the status file and a signal number; no memory involved.
+    if unsafe { libc::kill(file.pid as libc::pid_t, libc::SIGHUP) } != 0 {
+        anyhow::bail!(
+            "cannot signal pid {}: {}",
+            file.pid,
+            std::io::Error::last_os_error()
+        );
+    }
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while std::time::Instant::now() < deadline {
+        if let Some(outcome) = ReloadOutcome::read(dir)
+            && Some((outcome.attempt, outcome.at_ms)) != before
+        {
+            print!("{outcome}");
+            if !outcome.to_string().ends_with('\n') {
+                println!();
+            }
+            return Ok(if outcome.applied {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            });
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    anyhow::bail!("pid {} did not answer the reload within 60 s", file.pid)
 }

@@ -112,6 +112,14 @@ pub fn render(file: &StatusFile, alive: bool) -> String {
         humantime::format_duration(Duration::from_secs(age.as_secs())),
         file.llm_endpoint
     ));
+    if s.config_generation > 0 {
+        let loaded = std::time::UNIX_EPOCH + Duration::from_millis(s.config_loaded_at_ms);
+        out.push_str(&format!(
+            "configuration: generation {}, loaded {}\n",
+            s.config_generation,
+            humantime::format_rfc3339_seconds(loaded)
+        ));
+    }
     out.push_str(&format!(
         "\nshards: {}   live conversations: {}   restarts: {}   escalations: {}\n",
         s.shards.len(),

@@ -69,3 +69,7 @@ impl CharacterSet {
         self.by_id.len()
     }
 }
+
+/// The character set in force, swapped whole by a reload: every conversation reads it at its
+/// next message, so an edited persona takes effect there.
+pub type LiveCharacters = std::sync::Arc<arc_swap::ArcSwap<CharacterSet>>;

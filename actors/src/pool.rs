@@ -5,6 +5,10 @@
 //! A panic inside a member's handler never hangs its caller: [`guarded`] turns it into an error
 //! answer and stops the member, which its actix `Supervisor` restarts under `[supervision]`
 //! ([`MemberRestarts`]: counted, after a backoff; past the budget the pool replaces it).
+//!
+//! A pool resizes live ([`Pool::resize`]): new members start at once; a retired member leaves
+//! the rotation, answers what it already holds (its actor stops when its mailbox is empty and
+//! the pool's address is gone), and then its arbiter stops.
 
 use std::future::Future;
 use std::panic::AssertUnwindSafe;
@@ -20,8 +24,11 @@ use crate::stats::PoolStats;
 use crate::supervision::{RestartDecision, RestartPolicy, RestartTracker};
 
 /// A pool of `A` actors and the arbiters they run on.
+/// The members in rotation, swapped whole by a resize.
+type Members<A> = Arc<Vec<Arc<Member<A>>>>;
+
 pub struct Pool<A: Actor> {
-    members: Arc<Vec<Member<A>>>,
+    members: Arc<RwLock<Members<A>>>,
     make: Arc<dyn Fn(MemberRestarts) -> A + Send + Sync>,
     policy: RestartPolicy,
     next: Arc<AtomicUsize>,
@@ -31,7 +38,8 @@ pub struct Pool<A: Actor> {
 
 /// One seat in the pool: the member's address (replaced when it escalates) and its arbiter.
 struct Member<A: Actor> {
-    addr: RwLock<Addr<A>>,
+    /// `None` once the member is retired.
+    addr: RwLock<Option<Addr<A>>>,
     /// Set by the member when its restart budget is spent: the pool replaces it.
     escalated: Arc<AtomicBool>,
     arbiter: Arbiter,
@@ -108,24 +116,80 @@ where
         let size = size.max(1);
         stats.size.set(size as u64);
         let members = (0..size)
-            .map(|_| {
-                let arbiter = Arbiter::new();
-                let escalated = Arc::new(AtomicBool::new(false));
-                let addr = Self::spawn(&arbiter, &make, kind, &policy, &stats, &escalated);
-                Member {
-                    addr: RwLock::new(addr),
-                    escalated,
-                    arbiter,
-                }
-            })
+            .map(|_| Self::new_member(&make, kind, &policy, &stats))
             .collect();
         Self {
-            members: Arc::new(members),
+            members: Arc::new(RwLock::new(Arc::new(members))),
             make,
             policy,
             next: Arc::new(AtomicUsize::new(0)),
             stats,
             kind,
+        }
+    }
+
+    fn new_member(
+        make: &Arc<dyn Fn(MemberRestarts) -> A + Send + Sync>,
+        kind: &'static str,
+        policy: &RestartPolicy,
+        stats: &Arc<PoolStats>,
+    ) -> Arc<Member<A>> {
+        let arbiter = Arbiter::new();
+        let escalated = Arc::new(AtomicBool::new(false));
+        let addr = Self::spawn(&arbiter, make, kind, policy, stats, &escalated);
+        Arc::new(Member {
+            addr: RwLock::new(Some(addr)),
+            escalated,
+            arbiter,
+        })
+    }
+
+    fn snapshot(&self) -> Members<A> {
+        self.members
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    /// Grows or shrinks the pool to `size` (at least one) members while it serves. Retired
+    /// members finish the requests they already hold.
+    pub fn resize(&self, size: usize) {
+        let size = size.max(1);
+        let mut members = self.members.write().unwrap_or_else(|e| e.into_inner());
+        let mut next: Vec<Arc<Member<A>>> = members.iter().take(size).cloned().collect();
+        let retired: Vec<Arc<Member<A>>> = members.iter().skip(size).cloned().collect();
+        while next.len() < size {
+            next.push(Self::new_member(
+                &self.make,
+                self.kind,
+                &self.policy,
+                &self.stats,
+            ));
+        }
+        *members = Arc::new(next);
+        drop(members);
+        self.stats.size.set(size as u64);
+        for member in retired {
+            // Only the pool held the member's address: once requests in flight drop theirs,
+            // the actor finishes its mailbox and stops, and then its thread can go.
+            let Some(addr) = member
+                .addr
+                .write()
+                .unwrap_or_else(|e| e.into_inner())
+                .take()
+            else {
+                continue;
+            };
+            let weak = addr.downgrade();
+            drop(addr);
+            let kind = self.kind;
+            actix::spawn(async move {
+                while weak.upgrade().is_some() {
+                    tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+                }
+                member.arbiter.stop();
+                tracing::info!(kind, "retired pool member stopped");
+            });
         }
     }
 
@@ -150,8 +214,8 @@ where
 
     /// The member at `at`, replaced first if it escalated (its old actor stops once the last
     /// request to it is answered, when its address is dropped).
-    fn member(&self, at: usize) -> Addr<A> {
-        let member = &self.members[at];
+    fn member(&self, members: &[Arc<Member<A>>], at: usize) -> Addr<A> {
+        let member = &members[at];
         if member.escalated.swap(false, Ordering::AcqRel) {
             let fresh = Self::spawn(
                 &member.arbiter,
@@ -161,7 +225,7 @@ where
                 &self.stats,
                 &member.escalated,
             );
-            *member.addr.write().unwrap_or_else(|e| e.into_inner()) = fresh;
+            *member.addr.write().unwrap_or_else(|e| e.into_inner()) = Some(fresh);
             tracing::warn!(kind = self.kind, member = at, "escalated member replaced");
         }
         member
@@ -169,10 +233,11 @@ where
             .read()
             .unwrap_or_else(|e| e.into_inner())
             .clone()
+            .expect("members in rotation have an address")
     }
 
     pub fn size(&self) -> usize {
-        self.members.len()
+        self.snapshot().len()
     }
 
     pub fn stats(&self) -> &Arc<PoolStats> {
@@ -187,8 +252,10 @@ where
         M: Message + Send + 'static,
         M::Result: Send,
     {
-        let at = self.next.fetch_add(1, Ordering::Relaxed) % self.members.len();
-        let member = self.member(at);
+        let members = self.snapshot();
+        let at = self.next.fetch_add(1, Ordering::Relaxed) % members.len();
+        let member = self.member(&members, at);
+        drop(members);
         self.stats.queue_depth.inc();
         let result = member.send(msg).await;
         self.stats.queue_depth.dec();
@@ -216,7 +283,7 @@ where
 
     /// Stops every member's arbiter.
     pub fn stop(&self) {
-        for member in self.members.iter() {
+        for member in self.snapshot().iter() {
             member.arbiter.stop();
         }
     }

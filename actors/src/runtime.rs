@@ -277,9 +277,11 @@ impl Runtime {
             JobSystem::new(queue, handlers, settings.jobs.clone(), job_stats)
         });
 
+        let characters: crate::character::LiveCharacters =
+            Arc::new(arc_swap::ArcSwap::from_pointee(parts.characters));
         let deps = Arc::new(ConversationDeps {
             clock: clock.clone(),
-            characters: parts.characters.clone(),
+            characters: characters.clone(),
             embedder: parts.embedder,
             memory,
             jobs: jobs.clone(),
@@ -322,7 +324,7 @@ impl Runtime {
             arbiters.push(arbiter);
         }
         let ring = HashRing::new(settings.shards, settings.virtual_nodes);
-        let router = ShardRouter::new(ring, shards, parts.characters, stats.clone());
+        let router = ShardRouter::new(ring, shards, characters.clone(), stats.clone());
         info!(
             shards = settings.shards,
             llm_concurrency = settings.llm.max_concurrent,
@@ -427,6 +429,12 @@ impl Runtime {
             arbiter.stop();
         }
         self.stats.retain_shards(keep);
+    }
+
+    /// Swaps the character set: a conversation reads its persona at its next message; a
+    /// removed character's messages are refused by the router (and logged by the transport).
+    pub fn set_characters(&self, characters: CharacterSet) {
+        self.shard_start.0.characters.store(Arc::new(characters));
     }
 
     /// The LlmActor (admission to the model).

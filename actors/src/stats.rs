@@ -100,6 +100,9 @@ pub struct RuntimeStats {
     pub llm: LlmStats,
     pub pipeline: PipelineStats,
     pub pools: Vec<(String, Arc<PoolStats>)>,
+    /// The configuration in force: 1 at startup, +1 per applied reload, and when it was loaded.
+    pub config_generation: Gauge,
+    pub config_loaded_at_ms: Gauge,
 }
 
 impl RuntimeStats {
@@ -114,6 +117,8 @@ impl RuntimeStats {
             llm: LlmStats::default(),
             pipeline: PipelineStats::default(),
             pools,
+            config_generation: Gauge::default(),
+            config_loaded_at_ms: Gauge::default(),
         }
     }
 
@@ -192,6 +197,8 @@ impl RuntimeStats {
             tool_calls: self.pipeline.tool_calls.get(),
             tool_failures: self.pipeline.tool_failures.get(),
             rate_limited: self.pipeline.rate_limited.get(),
+            config_generation: self.config_generation.get(),
+            config_loaded_at_ms: self.config_loaded_at_ms.get(),
         }
     }
 }
@@ -260,6 +267,11 @@ pub struct StatusSnapshot {
     pub tool_failures: u64,
     #[serde(default)]
     pub rate_limited: u64,
+    /// The configuration's generation (1 at startup, +1 per applied reload) and load time.
+    #[serde(default)]
+    pub config_generation: u64,
+    #[serde(default)]
+    pub config_loaded_at_ms: u64,
 }
 
 impl StatusSnapshot {
@@ -286,7 +298,8 @@ impl StatusSnapshot {
             .map(|p| format!("{}={} (queue {})", p.name, p.size, p.queue_depth))
             .collect();
         format!(
-            "shards={} conversations=[{}] llm={}/{} in flight, {} queued (cap {}) pools: {} restarts={} escalations={} replies={} failed={}",
+            "config=generation {} shards={} conversations=[{}] llm={}/{} in flight, {} queued (cap {}) pools: {} restarts={} escalations={} replies={} failed={}",
+            self.config_generation,
             self.shards.len(),
             per_shard.join(","),
             self.llm.in_flight,

@@ -174,3 +174,62 @@ async fn a_member_past_its_budget_is_replaced_by_the_pool() {
     assert_eq!(listed.len(), 1, "the store behind the pool kept its data");
     assert_eq!(stats.restarts.get(), 2);
 }
+
+/// A store whose every add takes a while, and that counts its calls.
+#[derive(Default)]
+struct SlowMemory {
+    inner: MemoryVec,
+    adds: std::sync::atomic::AtomicUsize,
+}
+
+#[async_trait]
+impl MemoryStore for SlowMemory {
+    async fn add(&self, chunks: Vec<MemoryChunk>) -> Result<(), whisper_actors::ports::StoreError> {
+        tokio::time::sleep(Duration::from_millis(30)).await;
+        self.adds.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        self.inner.add(chunks).await
+    }
+    async fn search(
+        &self,
+        query: MemoryQuery,
+    ) -> Result<Vec<whisper_actors::memory::Candidate>, whisper_actors::ports::StoreError> {
+        self.inner.search(query).await
+    }
+    async fn list(
+        &self,
+        key: &ConversationKey,
+        limit: usize,
+    ) -> Result<Vec<whisper_actors::memory::Candidate>, whisper_actors::ports::StoreError> {
+        self.inner.list(key, limit).await
+    }
+    async fn forget_user(&self, user: &str) -> Result<u64, whisper_actors::ports::StoreError> {
+        self.inner.forget_user(user).await
+    }
+}
+
+/// A pool shrunk while every member is busy answers everything it already held; one grown
+/// serves from its new members at once.
+#[actix_rt::test]
+async fn a_pool_resized_while_busy_finishes_what_it_holds() {
+    let stats = Arc::new(PoolStats::default());
+    let store = Arc::new(SlowMemory::default());
+    let pool = MemoryPool::start(store.clone(), 4, stats.clone(), policy(3));
+    let calls: Vec<_> = (0..40)
+        .map(|i| {
+            let pool = pool.clone();
+            tokio::spawn(async move { pool.add(vec![chunk(&format!("u{i}"), [1.0, 0.0])]).await })
+        })
+        .collect();
+    tokio::time::sleep(Duration::from_millis(5)).await;
+    pool.0.resize(1);
+    assert_eq!(stats.size.get(), 1);
+    for call in calls {
+        call.await
+            .unwrap()
+            .expect("answered although its member retired");
+    }
+    assert_eq!(store.adds.load(std::sync::atomic::Ordering::SeqCst), 40);
+    pool.0.resize(3);
+    assert_eq!((pool.0.size(), stats.size.get()), (3, 3));
+    pool.add(vec![chunk("after", [1.0, 0.0])]).await.unwrap();
+}

@@ -28,6 +28,7 @@ use whisper_actors::memory::MemoryPool;
 use whisper_actors::tools::Tool;
 
 mod control;
+pub mod reload;
 mod settings;
 mod stores;
 
@@ -244,7 +245,11 @@ pub struct App {
     store_pools: (MemoryPool, GraphPool),
     discord: std::collections::HashMap<String, Arc<PoolStats>>,
     embedder: Option<Arc<LocalEmbedder>>,
+    /// As started: what restart-only keys mean for this process.
     settings: Settings,
+    /// The configuration in force: the startup one with every applied reload's live keys.
+    in_force: std::sync::Mutex<(Settings, CharacterSet)>,
+    reloads: std::sync::atomic::AtomicU64,
 }
 
 impl App {
@@ -265,6 +270,7 @@ impl App {
 
     /// Starts the runtime over a built topology, then the metrics endpoint and status reporter.
     async fn run(settings: Settings, characters: CharacterSet, t: Topology) -> anyhow::Result<App> {
+        let characters_in_force = characters.clone();
         let runtime = Runtime::start(
             settings.runtime_settings(),
             RuntimeParts {
@@ -285,6 +291,10 @@ impl App {
             },
         );
         let stats = runtime.stats();
+        stats.config_generation.set(1);
+        stats
+            .config_loaded_at_ms
+            .set(whisper_actors::clock::unix_ms() as u64);
         info!(target: "whisperengine::status", "{}", stats.snapshot().summary_line());
         let metrics = if settings.metrics.address.is_empty() {
             None
@@ -316,6 +326,8 @@ impl App {
             store_pools: t.store_pools,
             discord: t.discord,
             embedder: t.embedder,
+            in_force: std::sync::Mutex::new((settings.clone(), characters_in_force)),
+            reloads: Default::default(),
             settings,
         })
     }
@@ -386,6 +398,104 @@ impl App {
 
     pub fn runtime(&self) -> &Runtime {
         &self.runtime
+    }
+
+    /// Re-reads the configuration layers `source` names and the character files, and applies
+    /// what changed while conversations go on (see [`reload`]). A file with any error changes
+    /// nothing. The outcome is logged and written to `<data_dir>/reload.json`, where
+    /// `whisperengine reload` reads it.
+    pub async fn reload(&self, source: &crate::config::Overrides) -> reload::ReloadOutcome {
+        use std::sync::atomic::Ordering;
+        let attempt = self.reloads.fetch_add(1, Ordering::SeqCst) + 1;
+        let (running, running_characters) = self.in_force.lock().expect("config lock").clone();
+        let stats = self.runtime.stats();
+        let outcome = match reload::plan(source, &running, &running_characters) {
+            Err(error) => {
+                warn!(error = %format!("{error:#}"), "reload rejected; nothing changed");
+                reload::ReloadOutcome::rejected(attempt, stats.config_generation.get(), &error)
+            }
+            Ok(plan) => {
+                let mut in_force = running.clone();
+                for change in plan.live() {
+                    self.apply(&change.key, &plan, &mut in_force).await;
+                }
+                let characters = if plan
+                    .changes
+                    .iter()
+                    .any(|c| c.key.starts_with("characters."))
+                {
+                    self.runtime.set_characters(plan.characters.clone());
+                    plan.characters.clone()
+                } else {
+                    running_characters
+                };
+                if plan.live().next().is_some() {
+                    stats.config_generation.inc();
+                    stats
+                        .config_loaded_at_ms
+                        .set(whisper_actors::clock::unix_ms() as u64);
+                }
+                *self.in_force.lock().expect("config lock") = (in_force, characters);
+                for change in &plan.changes {
+                    let effect = if change.live {
+                        "applied"
+                    } else {
+                        "needs a restart"
+                    };
+                    info!(key = %change.key, from = %change.from, to = %change.to, effect, "configuration changed");
+                }
+                reload::ReloadOutcome::applied(attempt, stats.config_generation.get(), plan.changes)
+            }
+        };
+        outcome.write(&self.settings.storage.data_dir);
+        outcome
+    }
+
+    /// Applies one live key from `plan` and records it in `in_force`.
+    async fn apply(&self, key: &str, plan: &reload::ReloadPlan, in_force: &mut Settings) {
+        let new = &plan.settings;
+        match key {
+            "runtime.shards" => {
+                let report = self
+                    .runtime
+                    .resize_shards(new.runtime.shards as usize)
+                    .await;
+                info!(
+                    from = report.from,
+                    to = report.to,
+                    moved = report.moved,
+                    "shards resized"
+                );
+                in_force.runtime.shards = new.runtime.shards;
+            }
+            "pools.memory" => {
+                self.store_pools.0.0.resize(new.pools.memory);
+                in_force.pools.memory = new.pools.memory;
+            }
+            "pools.graph" => {
+                self.store_pools.1.0.resize(new.pools.graph);
+                in_force.pools.graph = new.pools.graph;
+            }
+            "pools.classifier" => {
+                if let Some(pool) = self.runtime.classifier() {
+                    pool.resize(new.pools.classifier);
+                }
+                in_force.pools.classifier = new.pools.classifier;
+            }
+            "pools.llm_concurrency" | "pools.llm_queue" => {
+                let resize = whisper_actors::llm::ResizeLlm {
+                    max_concurrent: new.pools.llm_concurrency,
+                    queue_capacity: new.pools.llm_queue,
+                };
+                let _ = self.runtime.llm().send(resize).await;
+                in_force.pools.llm_concurrency = new.pools.llm_concurrency;
+                in_force.pools.llm_queue = new.pools.llm_queue;
+            }
+            other => warn!(
+                key = other,
+                "a live key without an apply step; it takes effect at restart"
+            ),
+        }
     }
 
     /// Drains replies in flight, then stops the runtime and the local model server.

@@ -23,6 +23,7 @@ mod ordering;
 mod outages;
 mod passivation;
 mod recall;
+mod reload;
 mod stores;
 mod streaming;
 mod supervision;

@@ -25,7 +25,6 @@ use actix::prelude::*;
 use futures::FutureExt;
 use tracing::{debug, error, info, warn};
 
-use crate::character::CharacterSet;
 use crate::conversation::context::ContextProvider;
 use crate::key::{ConversationKey, Scope};
 use crate::llm::LlmActor;
@@ -58,7 +57,7 @@ pub struct ConversationSettings {
 pub struct ConversationDeps {
     /// What "now" is for timestamps and the ages the prompt shows.
     pub clock: Arc<dyn crate::clock::Clock>,
-    pub characters: CharacterSet,
+    pub characters: crate::character::LiveCharacters,
     /// Embeds each incoming message once (classifier and memory search share the vector).
     pub embedder: Option<Arc<dyn Embedder>>,
     /// Where turns are remembered (with `embedder`).
@@ -185,7 +184,8 @@ impl ConversationActor {
             }
             return;
         };
-        let Some(character) = self.link.deps.characters.get(&self.key.character).cloned() else {
+        let characters = self.link.deps.characters.load();
+        let Some(character) = characters.get(&self.key.character).cloned() else {
             // The router validates characters, so this is only reachable by a direct send.
             self.fail(&msg, FailureKind::LlmFailed, "Unknown character.");
             return self.pump(ctx);

@@ -116,6 +116,56 @@ impl Handler<Generate> for LlmActor {
     }
 }
 
+/// New admission limits (`pools.llm_concurrency`, `pools.llm_queue`), applied live: more slots
+/// at once; fewer as generations in flight finish (none is cut off).
+#[derive(Message, Debug, Clone, Copy)]
+#[rtype(result = "()")]
+pub struct ResizeLlm {
+    pub max_concurrent: usize,
+    pub queue_capacity: usize,
+}
+
+impl Handler<ResizeLlm> for LlmActor {
+    type Result = ();
+
+    fn handle(&mut self, m: ResizeLlm, _: &mut Self::Context) {
+        let max_concurrent = m.max_concurrent.max(1);
+        let old = self.policy.max_concurrent;
+        resize_semaphore(&self.permits, old, max_concurrent);
+        resize_semaphore(
+            &self.background_permits,
+            (old / 2).max(1),
+            (max_concurrent / 2).max(1),
+        );
+        let mut policy = (*self.policy).clone();
+        policy.max_concurrent = max_concurrent;
+        policy.queue_capacity = m.queue_capacity;
+        self.policy = Arc::new(policy);
+        self.stats.llm.max_concurrent.set(max_concurrent as u64);
+        self.stats.llm.queue_capacity.set(m.queue_capacity as u64);
+        tracing::info!(
+            max_concurrent,
+            queue = m.queue_capacity,
+            "LLM admission resized"
+        );
+    }
+}
+
+/// Grows a semaphore at once; shrinks it by taking and forgetting permits as they come back.
+fn resize_semaphore(semaphore: &Arc<Semaphore>, from: usize, to: usize) {
+    if to > from {
+        semaphore.add_permits(to - from);
+    } else if to < from {
+        let semaphore = semaphore.clone();
+        let fewer = (from - to) as u32;
+        tokio::spawn(async move {
+            if let Ok(permits) = semaphore.acquire_many_owned(fewer).await {
+                permits.forget();
+            }
+        });
+    }
+}
+
 impl Handler<crate::pool::InjectPanic> for LlmActor {
     type Result = Result<(), crate::ports::StoreError>;
 

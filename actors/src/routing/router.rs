@@ -43,7 +43,7 @@ pub(crate) struct Placement {
 #[derive(Clone)]
 pub struct ShardRouter {
     placement: Arc<ArcSwap<Placement>>,
-    characters: CharacterSet,
+    characters: crate::character::LiveCharacters,
     stats: Arc<RuntimeStats>,
     accepting: Arc<AtomicBool>,
 }
@@ -52,7 +52,7 @@ impl ShardRouter {
     pub(crate) fn new(
         ring: HashRing,
         shards: Vec<Addr<Shard>>,
-        characters: CharacterSet,
+        characters: crate::character::LiveCharacters,
         stats: Arc<RuntimeStats>,
     ) -> Self {
         Self {
@@ -82,8 +82,9 @@ impl ShardRouter {
             .shard_for(&key.character, &key.user) as usize
     }
 
-    pub fn characters(&self) -> &CharacterSet {
-        &self.characters
+    /// The characters in force now (a reload may swap them).
+    pub fn characters(&self) -> Arc<CharacterSet> {
+        self.characters.load_full()
     }
 
     /// Hands a message to its conversation. Returns at once; the reply arrives at
@@ -92,10 +93,12 @@ impl ShardRouter {
         if !self.accepting.load(Ordering::Acquire) {
             return Err(RouteError::ShuttingDown);
         }
-        let Some(character) = self.characters.interned_id(&msg.key.character) else {
+        let characters = self.characters.load();
+        let Some(character) = characters.interned_id(&msg.key.character) else {
             return Err(RouteError::UnknownCharacter(msg.key.character.to_string()));
         };
         msg.key.character = character.clone();
+        drop(characters);
         let placement = self.placement.load();
         let shard = placement.ring.shard_for(&msg.key.character, &msg.key.user) as usize;
         let addr = &placement.shards[shard];

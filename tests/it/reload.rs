@@ -1,0 +1,291 @@
+//! Live reload against the real application: the configuration file and the character files
+//! change under a running bot, `App::reload` (what SIGHUP and `whisperengine reload` run)
+//! applies what changed while conversations go on, and a file with an error changes nothing.
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use whisper_actors::messages::ReplyStatus;
+use whisper_actors::sink::ChannelSink;
+use whisper_actors::{ConversationKey, Scope, UserMessage};
+use whisperengine::config::{self, Overrides};
+
+use crate::support::app::{Client, extras, is_done, run_actix, start};
+use crate::support::openai_server::ScriptedLlm;
+
+/// A bot directory: a config file and a copy of the character files, both editable.
+struct BotDir {
+    dir: tempfile::TempDir,
+    base_url: String,
+}
+
+impl BotDir {
+    fn new(base_url: &str) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let characters = dir.path().join("characters");
+        std::fs::create_dir(&characters).unwrap();
+        for file in ["aria.toml", "marlowe.toml"] {
+            std::fs::copy(
+                Path::new("config/characters").join(file),
+                characters.join(file),
+            )
+            .unwrap();
+        }
+        let bot = Self {
+            dir,
+            base_url: base_url.to_owned(),
+        };
+        bot.write_config("[runtime]\nshards = 2\n");
+        bot
+    }
+
+    fn config_path(&self) -> PathBuf {
+        self.dir.path().join("bot.toml")
+    }
+
+    /// The test's base configuration plus `extra` (TOML appended at the end: tables only).
+    fn write_config(&self, extra: &str) {
+        let base = format!(
+            r#"[llm]
+base_url = "{url}"
+model = "scripted"
+retry_backoff = "20ms"
+[streaming]
+edit_interval = "50ms"
+[limits]
+messages_per_window = 0
+[jobs]
+poll_interval = "50ms"
+[characters]
+dir = "{chars}"
+{extra}"#,
+            url = self.base_url,
+            chars = self.dir.path().join("characters").display(),
+        );
+        std::fs::write(self.config_path(), base).unwrap();
+    }
+
+    fn overrides(&self) -> Overrides {
+        Overrides {
+            config_file: Some(self.config_path()),
+            data_dir: Some(self.dir.path().join("data")),
+            ignore_environment: true,
+        }
+    }
+
+    fn settings(&self) -> config::Settings {
+        config::load(&self.overrides()).unwrap().settings
+    }
+}
+
+/// A reload with a wrong type or an unknown key changes nothing, and its answer names the
+/// file and the key.
+#[test]
+fn a_bad_file_changes_nothing_and_names_the_key() {
+    run_actix(|| async {
+        let llm = ScriptedLlm::start().await;
+        let bot = BotDir::new(&llm.base_url());
+        let app = start(bot.settings(), extras(vec![])).await;
+
+        bot.write_config("[pools]\nmemory = \"lots\"\n");
+        let outcome = app.reload(&bot.overrides()).await;
+        assert!(!outcome.applied, "{outcome}");
+        let text = outcome.to_string();
+        assert!(text.contains("pools.memory"), "{text}");
+        assert!(text.contains("bot.toml"), "{text}");
+
+        bot.write_config("[runtime]\nshardz = 4\n");
+        let outcome = app.reload(&bot.overrides()).await;
+        assert!(
+            !outcome.applied && outcome.to_string().contains("shardz"),
+            "{outcome}"
+        );
+        bot.write_config("[runtime]\nshards = 2\n[memory]\ntop_kk = 4\n");
+        let outcome = app.reload(&bot.overrides()).await;
+        assert!(
+            !outcome.applied && outcome.to_string().contains("top_kk"),
+            "{outcome}"
+        );
+
+        let status = app.runtime().status();
+        assert_eq!(status.shards.len(), 2, "nothing changed");
+        assert_eq!(status.config_generation, 1);
+        let written = whisperengine::app::reload::ReloadOutcome::read(&bot.dir.path().join("data"))
+            .expect("the outcome is written for `whisperengine reload`");
+        assert_eq!(written.attempt, 3);
+        app.shutdown().await;
+    });
+}
+
+/// Keys that cannot change live are named "needs a restart"; the live ones are applied.
+#[test]
+fn a_reload_lists_what_changed_and_what_needs_a_restart() {
+    run_actix(|| async {
+        let llm = ScriptedLlm::start().await;
+        let bot = BotDir::new(&llm.base_url());
+        let app = start(bot.settings(), extras(vec![])).await;
+        let base = bot.settings();
+        bot.write_config(
+            "[runtime]\nshards = 3\n[metrics]\naddress = \"127.0.0.1:0\"\n[pools]\nllm_concurrency = 7\n",
+        );
+        let outcome = app.reload(&bot.overrides()).await;
+        assert!(outcome.applied, "{outcome}");
+        let text = outcome.to_string();
+        assert!(text.contains("runtime.shards: 2 -> 3 (applied)"), "{text}");
+        assert!(
+            text.contains(&format!(
+                "pools.llm_concurrency: {} -> 7 (applied)",
+                base.pools.llm_concurrency
+            )),
+            "{text}"
+        );
+        assert!(
+            text.contains("metrics.address") && text.contains("(needs a restart)"),
+            "{text}"
+        );
+        app.runtime().resize_settled().await;
+        let status = app.runtime().status();
+        assert_eq!(status.shards.len(), 3);
+        assert_eq!(status.llm.max_concurrent, 7);
+        assert_eq!(status.config_generation, 2);
+        // Nothing new: no change, same generation.
+        let again = app.reload(&bot.overrides()).await;
+        assert!(
+            again.changes.iter().all(|c| !c.live),
+            "only the restart-only key is still pending: {again}"
+        );
+        assert_eq!(app.runtime().status().config_generation, 2);
+        app.shutdown().await;
+    });
+}
+
+/// A persona edited in its file shows up in the next prompt of a live conversation.
+#[test]
+fn an_edited_persona_reaches_the_next_prompt() {
+    run_actix(|| async {
+        let llm = ScriptedLlm::start().await;
+        let bot = BotDir::new(&llm.base_url());
+        let app = start(bot.settings(), extras(vec![])).await;
+        let mut ana = Client::new("aria", "test:persona");
+        assert!(is_done(&ana.ask(&app, "hello there, how are you?").await));
+        let file = bot.dir.path().join("characters/aria.toml");
+        let persona = std::fs::read_to_string(&file).unwrap().replace(
+            "You are Aria, a warm and curious companion",
+            "You are Aria, a pirate captain who speaks in sea shanties",
+        );
+        std::fs::write(&file, persona).unwrap();
+        let outcome = app.reload(&bot.overrides()).await;
+        assert!(outcome.to_string().contains("characters.aria"), "{outcome}");
+        assert!(is_done(&ana.ask(&app, "what should I cook tonight?").await));
+        let system = llm.requests().last().unwrap().contents()[0].clone();
+        assert!(system.contains("a pirate captain"), "{system}");
+
+        // A removed character stops answering; the router says which.
+        std::fs::remove_file(bot.dir.path().join("characters/marlowe.toml")).unwrap();
+        let outcome = app.reload(&bot.overrides()).await;
+        assert!(
+            outcome.to_string().contains("characters.marlowe"),
+            "{outcome}"
+        );
+        let refused = app.router().route(UserMessage {
+            key: ConversationKey::new("marlowe", "test:persona"),
+            scope: Scope::Direct,
+            channel: None,
+            display_name: "ana".into(),
+            text: "hi".into(),
+            message_id: 99,
+            received_at: Instant::now(),
+            reply_to: ChannelSink::start().0,
+        });
+        assert!(refused.is_err(), "{refused:?}");
+        app.shutdown().await;
+    });
+}
+
+/// 50 users × 20 messages in flight while reloads take the shards 2 → 5 → 3 and resize the
+/// memory pool and the LLM admission: every reply comes back complete, exactly once, in
+/// order, and status shows the new sizes.
+#[test]
+fn reloads_under_load_lose_nothing_and_keep_order() {
+    run_actix(|| async {
+        let llm = ScriptedLlm::start().await;
+        let bot = BotDir::new(&llm.base_url());
+        let mut s = bot.settings();
+        s.pools.llm_concurrency = 8;
+        s.pools.llm_queue = 2_000;
+        bot.write_config("[runtime]\nshards = 2\n[pools]\nllm_concurrency = 8\nllm_queue = 2000\n");
+        let app = start(s, extras(vec![])).await;
+        let (sink, mut updates) = ChannelSink::start();
+        let keys: Vec<ConversationKey> = (0..50)
+            .map(|u| ConversationKey::new("aria", format!("test:load{u}")))
+            .collect();
+        let steps = [
+            (
+                5,
+                "[runtime]\nshards = 5\n[pools]\nllm_concurrency = 16\nllm_queue = 2000\nmemory = 4\n",
+            ),
+            (
+                12,
+                "[runtime]\nshards = 3\n[pools]\nllm_concurrency = 4\nllm_queue = 2000\nmemory = 1\n",
+            ),
+        ];
+        for n in 1..=20u64 {
+            for key in &keys {
+                app.router()
+                    .route(UserMessage {
+                        key: key.clone(),
+                        scope: Scope::Direct,
+                        channel: None,
+                        display_name: "load".into(),
+                        text: format!("message {n} from {}", key.user),
+                        message_id: n,
+                        received_at: Instant::now(),
+                        reply_to: sink.clone(),
+                    })
+                    .unwrap();
+            }
+            for (at, extra) in steps {
+                if n == at {
+                    bot.write_config(extra);
+                    let outcome = app.reload(&bot.overrides()).await;
+                    assert!(outcome.applied, "{outcome}");
+                }
+            }
+        }
+        let mut seen: std::collections::HashMap<String, Vec<u64>> = Default::default();
+        let mut finals = 0;
+        while finals < 50 * 20 {
+            let update = tokio::time::timeout(Duration::from_secs(60), updates.recv())
+                .await
+                .expect("every reply within 60 s")
+                .unwrap();
+            if update.is_final() {
+                assert!(matches!(update.status, ReplyStatus::Done(_)), "{update:?}");
+                seen.entry(update.key.user.to_string())
+                    .or_default()
+                    .push(update.message_id);
+                finals += 1;
+            }
+        }
+        for key in &keys {
+            assert_eq!(
+                seen[&*key.user],
+                (1..=20).collect::<Vec<u64>>(),
+                "{}: complete, once each, in order",
+                key.user
+            );
+        }
+        app.runtime().resize_settled().await;
+        let status = app.runtime().status();
+        assert_eq!(status.shards.len(), 3);
+        assert_eq!(status.llm.max_concurrent, 4);
+        let memory = status
+            .pools
+            .iter()
+            .find(|p| p.name.starts_with("MemoryActor"))
+            .expect("the memory pool in status");
+        assert_eq!(memory.size, 1);
+        assert_eq!(status.config_generation, 3);
+        app.shutdown().await;
+    });
+}
