@@ -16,6 +16,7 @@ pub mod graph;
 pub mod jobs;
 pub mod key;
 pub mod limits;
+pub mod live;
 pub mod llm;
 pub mod memory;
 pub mod messages;

@@ -17,10 +17,12 @@ use tracing::{error, info, warn};
 
 use crate::character::CharacterSet;
 use crate::classifier::{ClassifierActor, ClassifierProvider, IntentSet};
+use crate::conversation::context::Deadlines;
 use crate::conversation::context::{ContextProvider, HistoryProvider, ProfileProvider};
 use crate::conversation::{ConversationDeps, ConversationSettings};
-use crate::graph::{FactExtraction, FactProvider, FactStore};
+use crate::graph::{FactExtraction, FactProvider, FactStore, FactTuning};
 use crate::jobs::{JobHandler, JobQueue, JobSettings, JobSystem, JobWorker};
+use crate::live::Live;
 use crate::llm::{LlmActor, LlmPolicy};
 use crate::memory::{
     MemoryProvider, MemorySettings, MemoryStore, RememberTurnHandler, SummariseHandler,
@@ -123,11 +125,20 @@ pub struct Runtime {
     /// One per shard, in shard order (a resize adds and stops them).
     shard_arbiters: Arc<std::sync::Mutex<Vec<Arbiter>>>,
     /// What a shard started by a resize needs.
-    shard_start: (Arc<ConversationDeps>, ShardSettings, u32),
+    shard_start: (Arc<ConversationDeps>, Live<ShardSettings>, u32),
     /// One resize at a time.
     resizing: Arc<tokio::sync::Mutex<()>>,
+    tunables: Tunables,
     llm: Addr<LlmActor>,
     classifier: Option<Pool<ClassifierActor>>,
+}
+
+/// The settings a reload changes in place (see [`Runtime::retune`]).
+struct Tunables {
+    rank: Live<crate::memory::RankSettings>,
+    facts: Live<FactTuning>,
+    deadlines: Live<Deadlines>,
+    shard: Live<ShardSettings>,
 }
 
 /// What a resize did.
@@ -198,12 +209,24 @@ impl Runtime {
                 deadline: settings.classifier_deadline,
             }));
         }
+        let tunables = Tunables {
+            rank: Live::new(settings.memory.rank.clone()),
+            facts: Live::new(FactTuning {
+                hops: settings.facts.hops,
+                token_budget: settings.facts.token_budget,
+            }),
+            deadlines: Live::new(Deadlines::new()),
+            shard: Live::new(ShardSettings {
+                idle_timeout: settings.idle_timeout,
+                max_conversations: settings.max_conversations_per_shard,
+            }),
+        };
         let memory = parts.memory.filter(|_| parts.embedder.is_some());
         if let Some(store) = &memory {
             providers.push(Arc::new(MemoryProvider {
                 store: store.clone(),
                 facts: parts.facts.clone(),
-                rank: settings.memory.rank.clone(),
+                rank: tunables.rank.clone(),
                 guild_memories_in_dm: settings.memory.guild_memories_in_dm,
                 deadline: settings.memory.deadline,
                 clock: clock.clone(),
@@ -212,8 +235,7 @@ impl Runtime {
         if let Some(store) = &parts.facts {
             providers.push(Arc::new(FactProvider {
                 store: store.clone(),
-                hops: settings.facts.hops,
-                token_budget: settings.facts.token_budget,
+                tuning: tunables.facts.clone(),
                 deadline: settings.facts.deadline,
             }));
         }
@@ -225,7 +247,7 @@ impl Runtime {
                 tools.push(Arc::new(SearchMemories {
                     store: store.clone(),
                     embedder: embedder.clone(),
-                    rank: settings.memory.rank.clone(),
+                    rank: tunables.rank.clone(),
                     guild_memories_in_dm: settings.memory.guild_memories_in_dm,
                     clock: clock.clone(),
                 }));
@@ -293,19 +315,11 @@ impl Runtime {
             limiter: parts.limiter,
             history: parts.history,
             llm: llm.clone(),
-            settings: ConversationSettings {
-                edit_interval: settings.edit_interval,
-                token_budget: settings.token_budget,
-                history_turns: settings.history_turns,
-                restart: settings.restart.clone(),
-                memory_chunk_words: settings.memory.chunk_words,
-            },
+            settings: arc_swap::ArcSwap::from_pointee(conversation_settings(&settings)),
+            deadlines: tunables.deadlines.clone(),
             stats: stats.clone(),
         });
-        let shard_settings = ShardSettings {
-            idle_timeout: settings.idle_timeout,
-            max_conversations: settings.max_conversations_per_shard,
-        };
+        let shard_settings = tunables.shard.clone();
 
         let mut arbiters = vec![llm_arbiter];
         let mut shards = Vec::with_capacity(settings.shards as usize);
@@ -337,6 +351,7 @@ impl Runtime {
             arbiters,
             shard_arbiters: Arc::new(std::sync::Mutex::new(shard_arbiters)),
             shard_start: (deps, shard_settings, settings.virtual_nodes),
+            tunables,
             resizing: Arc::new(tokio::sync::Mutex::new(())),
             llm,
             classifier: classifier_addr,
@@ -429,6 +444,33 @@ impl Runtime {
             arbiter.stop();
         }
         self.stats.retain_shards(keep);
+    }
+
+    /// Applies the live parts of `settings` to the running runtime: streaming cadence, token
+    /// budget, history length, provider deadlines, memory ranking, fact selection, idle and
+    /// conversation limits. Each turn reads them when it starts; shards at their next sweep.
+    /// (Shards, pools and LLM admission have their own calls.)
+    pub fn retune(&self, settings: &RuntimeSettings) {
+        self.shard_start
+            .0
+            .settings
+            .store(Arc::new(conversation_settings(settings)));
+        self.tunables.rank.set(settings.memory.rank.clone());
+        self.tunables.facts.set(FactTuning {
+            hops: settings.facts.hops,
+            token_budget: settings.facts.token_budget,
+        });
+        self.tunables.deadlines.set(Deadlines::from([
+            ("history", settings.history_deadline),
+            ("profile", settings.profile_deadline),
+            ("classifier", settings.classifier_deadline),
+            ("memory", settings.memory.deadline),
+            ("facts", settings.facts.deadline),
+        ]));
+        self.tunables.shard.set(ShardSettings {
+            idle_timeout: settings.idle_timeout,
+            max_conversations: settings.max_conversations_per_shard,
+        });
     }
 
     /// Swaps the character set: a conversation reads its persona at its next message; a
@@ -527,11 +569,21 @@ impl Runtime {
 fn start_shard(
     id: usize,
     deps: &Arc<ConversationDeps>,
-    settings: &ShardSettings,
+    settings: &Live<ShardSettings>,
 ) -> (Arbiter, Addr<Shard>) {
     let arbiter = Arbiter::new();
     let (deps, settings) = (deps.clone(), settings.clone());
     let shard =
         Supervisor::start_in_arbiter(&arbiter.handle(), move |_| Shard::new(id, deps, settings));
     (arbiter, shard)
+}
+
+fn conversation_settings(settings: &RuntimeSettings) -> ConversationSettings {
+    ConversationSettings {
+        edit_interval: settings.edit_interval,
+        token_budget: settings.token_budget,
+        history_turns: settings.history_turns,
+        restart: settings.restart.clone(),
+        memory_chunk_words: settings.memory.chunk_words,
+    }
 }

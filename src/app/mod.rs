@@ -34,7 +34,7 @@ mod stores;
 
 pub use control::{ForgetReport, ForgetScope, UserControl, UserData};
 pub use stores::open_user_data;
-use stores::{fact_store, history_store, job_queue, memory_store, redis_extras};
+use stores::{fact_store, history_store, job_queue, limiter_for, memory_store, redis_extras};
 
 /// Optional parts beyond what the configuration selects: extra context providers (the next
 /// issues' memory and facts providers are wired here; tests use it for fault injection).
@@ -59,7 +59,8 @@ struct Topology {
     /// Every pool the status shows, labelled `kind (backend)`.
     pools: Vec<(String, Arc<PoolStats>)>,
     history: Arc<dyn HistoryStore>,
-    limiter: Option<Arc<dyn RateLimiter>>,
+    limiter: Arc<whisper_actors::limits::LiveLimiter>,
+    redis_cache: Option<deadpool_redis::Pool>,
     store_pools: (MemoryPool, GraphPool),
     embedder: Option<Arc<LocalEmbedder>>,
     intents: Option<whisper_actors::classifier::IntentSet>,
@@ -81,7 +82,11 @@ impl Topology {
     ) -> anyhow::Result<Topology> {
         let db = sqlite::prepare(&settings.storage.data_dir)?;
         let (history, history_stats) = history_store(settings, &db).await?;
-        let (history, limiter) = redis_extras(settings, history).await?;
+        let (history, redis_cache) = redis_extras(settings, history).await?;
+        let limiter = Arc::new(whisper_actors::limits::LiveLimiter::new(limiter_for(
+            settings,
+            redis_cache.as_ref(),
+        )));
         let ids = characters.ids().map(str::to_owned).collect();
         let (memory, memory_stats) = memory_store(settings, &db, ids).await?;
         let (facts, fact_pool) = fact_store(settings, &db).await?;
@@ -156,6 +161,7 @@ impl Topology {
             pools,
             history,
             limiter,
+            redis_cache,
             store_pools: (memory_pool, graph_pool),
             embedder,
             intents,
@@ -250,6 +256,11 @@ pub struct App {
     /// The configuration in force: the startup one with every applied reload's live keys.
     in_force: std::sync::Mutex<(Settings, CharacterSet)>,
     reloads: std::sync::atomic::AtomicU64,
+    /// `[limits]` in force, and the Redis pool a rebuilt limiter counts in.
+    limits: (
+        Arc<whisper_actors::limits::LiveLimiter>,
+        Option<deadpool_redis::Pool>,
+    ),
 }
 
 impl App {
@@ -280,7 +291,7 @@ impl App {
                 history: t.history,
                 extra_providers: t.providers,
                 extra_tools: t.tools,
-                limiter: t.limiter,
+                limiter: Some(t.limiter.clone() as Arc<dyn RateLimiter>),
                 embedder: t.embedder.clone().map(|e| e as Arc<dyn Embedder>),
                 intents: t.intents,
                 memory: Some(t.user_data.memory.clone()),
@@ -327,6 +338,7 @@ impl App {
             discord: t.discord,
             embedder: t.embedder,
             in_force: std::sync::Mutex::new((settings.clone(), characters_in_force)),
+            limits: (t.limiter, t.redis_cache),
             reloads: Default::default(),
             settings,
         })
@@ -416,8 +428,12 @@ impl App {
             }
             Ok(plan) => {
                 let mut in_force = running.clone();
+                let mut retune = false;
                 for change in plan.live() {
-                    self.apply(&change.key, &plan, &mut in_force).await;
+                    retune |= self.apply(&change.key, &plan, &mut in_force).await;
+                }
+                if retune {
+                    self.runtime.retune(&in_force.runtime_settings());
                 }
                 let characters = if plan
                     .changes
@@ -451,9 +467,46 @@ impl App {
         outcome
     }
 
-    /// Applies one live key from `plan` and records it in `in_force`.
-    async fn apply(&self, key: &str, plan: &reload::ReloadPlan, in_force: &mut Settings) {
+    /// Applies one live key from `plan` and records it in `in_force`; true when the key is
+    /// one [`Runtime::retune`] applies (once, after all of them are recorded).
+    async fn apply(&self, key: &str, plan: &reload::ReloadPlan, in_force: &mut Settings) -> bool {
         let new = &plan.settings;
+        match key {
+            "runtime.idle_timeout" => in_force.runtime.idle_timeout = new.runtime.idle_timeout,
+            "runtime.max_conversations_per_shard" => {
+                in_force.runtime.max_conversations_per_shard =
+                    new.runtime.max_conversations_per_shard
+            }
+            k if k.starts_with("streaming.") => in_force.streaming = new.streaming.clone(),
+            k if k.starts_with("context.") => in_force.context = new.context.clone(),
+            k if k.starts_with("memory.") => {
+                let (m, n) = (&mut in_force.memory, &new.memory);
+                m.top_k = n.top_k;
+                m.min_similarity = n.min_similarity;
+                m.recency_half_life = n.recency_half_life;
+                m.recency_weight = n.recency_weight;
+                m.importance_weight = n.importance_weight;
+                m.fusion_k = n.fusion_k;
+            }
+            k if k.starts_with("limits.") => {
+                in_force.limits = new.limits.clone();
+                // A new limiter starts its windows afresh.
+                let (live, redis) = &self.limits;
+                live.set(limiter_for(in_force, redis.as_ref()));
+                return false;
+            }
+            "facts.hops" => in_force.facts.hops = new.facts.hops,
+            "facts.token_budget" => in_force.facts.token_budget = new.facts.token_budget,
+            _ => {
+                self.apply_sized(key, new, in_force).await;
+                return false;
+            }
+        }
+        true
+    }
+
+    /// Applies a size: shards, a pool, LLM admission.
+    async fn apply_sized(&self, key: &str, new: &Settings, in_force: &mut Settings) {
         match key {
             "runtime.shards" => {
                 let report = self

@@ -13,11 +13,24 @@ use crate::config::{self, Overrides, Settings};
 /// Keys (or key prefixes, ending in `.`) the running bot applies without a restart.
 const LIVE: &[&str] = &[
     "runtime.shards",
+    "runtime.idle_timeout",
+    "runtime.max_conversations_per_shard",
     "pools.memory",
     "pools.graph",
     "pools.classifier",
     "pools.llm_concurrency",
     "pools.llm_queue",
+    "streaming.",
+    "context.",
+    "limits.",
+    "memory.top_k",
+    "memory.min_similarity",
+    "memory.recency_half_life",
+    "memory.recency_weight",
+    "memory.importance_weight",
+    "memory.fusion_k",
+    "facts.hops",
+    "facts.token_budget",
 ];
 
 /// Whether `key` changes live.

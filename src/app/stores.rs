@@ -55,17 +55,10 @@ pub(super) async fn history_store(
 pub(super) async fn redis_extras(
     settings: &Settings,
     history: Arc<dyn HistoryStore>,
-) -> anyhow::Result<(Arc<dyn HistoryStore>, Option<Arc<dyn RateLimiter>>)> {
-    let limits = &settings.limits;
+) -> anyhow::Result<(Arc<dyn HistoryStore>, Option<deadpool_redis::Pool>)> {
     let s = &settings.storage;
     if !s.redis_cache {
-        let limiter = (limits.messages_per_window > 0).then(|| {
-            Arc::new(LocalRateLimiter::new(
-                limits.messages_per_window as usize,
-                limits.window,
-            )) as Arc<dyn RateLimiter>
-        });
-        return Ok((history, limiter.map(|l| for_transports(l, limits))));
+        return Ok((history, None));
     }
     let pool = crate::store::redis::jobs::pool(
         s.redis_url.expose(),
@@ -74,16 +67,33 @@ pub(super) async fn redis_extras(
     )
     .await
     .context("opening the Redis cache (storage.redis_cache = true)")?;
-    let limiter = (limits.messages_per_window > 0).then(|| {
-        Arc::new(RedisRateLimiter::new(
+    let cached = CachedHistory::new(history, pool.clone(), &s.redis_prefix, s.cache_ttl);
+    Ok((Arc::new(cached), Some(pool)))
+}
+
+/// The limiter `[limits]` asks for: counted in Redis when the Redis cache is on (shared by
+/// every bot process), else in process; none when `messages_per_window` is 0.
+pub(super) fn limiter_for(
+    settings: &Settings,
+    redis: Option<&deadpool_redis::Pool>,
+) -> Option<Arc<dyn RateLimiter>> {
+    let limits = &settings.limits;
+    if limits.messages_per_window == 0 {
+        return None;
+    }
+    let limiter: Arc<dyn RateLimiter> = match redis {
+        Some(pool) => Arc::new(RedisRateLimiter::new(
             pool.clone(),
-            &s.redis_prefix,
+            &settings.storage.redis_prefix,
             limits.messages_per_window,
             limits.window,
-        )) as Arc<dyn RateLimiter>
-    });
-    let cached = CachedHistory::new(history, pool, &s.redis_prefix, s.cache_ttl);
-    Ok((Arc::new(cached), limiter.map(|l| for_transports(l, limits))))
+        )),
+        None => Arc::new(LocalRateLimiter::new(
+            limits.messages_per_window as usize,
+            limits.window,
+        )),
+    };
+    Some(for_transports(limiter, limits))
 }
 
 fn for_transports(

@@ -52,8 +52,6 @@ model = "scripted"
 retry_backoff = "20ms"
 [streaming]
 edit_interval = "50ms"
-[limits]
-messages_per_window = 0
 [jobs]
 poll_interval = "50ms"
 [characters]
@@ -286,6 +284,53 @@ fn reloads_under_load_lose_nothing_and_keep_order() {
             .expect("the memory pool in status");
         assert_eq!(memory.size, 1);
         assert_eq!(status.config_generation, 3);
+        app.shutdown().await;
+    });
+}
+
+/// `[limits]`, `[memory]` ranking and `[context]` take effect at the next message: a limit
+/// switched on refuses the message over it, and a smaller `memory.top_k` recalls fewer
+/// memories.
+#[test]
+fn live_settings_take_effect_at_the_next_message() {
+    use whisper_actors::messages::FailureKind;
+    run_actix(|| async {
+        let llm = ScriptedLlm::start().await;
+        let bot = BotDir::new(&llm.base_url());
+        bot.write_config("[runtime]\nshards = 2\n[classifier]\nenabled = false\n");
+        let app = start(bot.settings(), extras(vec![])).await;
+        let mut ana = Client::new("aria", "test:tuned");
+        for text in [
+            "my sister Ana lives in Porto",
+            "my brother Rui lives in Braga",
+            "my cousin Eva lives in Faro",
+        ] {
+            assert!(is_done(&ana.ask(&app, text).await));
+        }
+        crate::support::app::drain(&app).await;
+        let memories = |llm: &ScriptedLlm| {
+            let system = llm.requests().last().unwrap().contents()[0].clone();
+            system.lines().filter(|l| l.starts_with("- (")).count()
+        };
+        assert!(is_done(&ana.ask(&app, "where do my siblings live?").await));
+        assert!(memories(&llm) >= 3, "all recalled at top_k 5");
+
+        bot.write_config(
+            "[runtime]\nshards = 2\n[classifier]\nenabled = false\n[memory]\ntop_k = 1\n\
+             [limits]\nmessages_per_window = 2\nwindow = \"1h\"\ntransports = [\"test\"]\n",
+        );
+        let outcome = app.reload(&bot.overrides()).await;
+        let text = outcome.to_string();
+        assert!(text.contains("memory.top_k: 5 -> 1 (applied)"), "{text}");
+        assert!(
+            text.contains("limits.messages_per_window") && text.contains("-> 2 (applied)"),
+            "{text}"
+        );
+        assert!(is_done(&ana.ask(&app, "where do my siblings live?").await));
+        assert_eq!(memories(&llm), 1, "top_k 1 now");
+        assert!(is_done(&ana.ask(&app, "and my cousin?").await));
+        let over = ana.ask(&app, "one more").await;
+        assert_eq!(over.status, ReplyStatus::Failed(FailureKind::RateLimited));
         app.shutdown().await;
     });
 }

@@ -298,7 +298,7 @@ pub async fn measure(dataset: &Dataset, mut settings: Settings) -> Scores {
             .facts
             .extract
             .then(|| Arc::new(app.graph_pool().clone()) as Arc<dyn FactStore>),
-        rank: rank_settings,
+        rank: rank_settings.into(),
         guild_memories_in_dm: settings.memory.guild_memories_in_dm,
         deadline: Duration::from_secs(5),
         clock: clock.clone(),

@@ -130,8 +130,21 @@ impl Gathered {
     }
 }
 
+/// Deadlines by provider name (`history`, `profile`, `classifier`, `memory`, `facts`) that
+/// override the providers' own: the `[context]` deadlines a reload changed.
+pub type Deadlines = std::collections::HashMap<&'static str, std::time::Duration>;
+
 /// Queries all `providers` concurrently, each bounded by its own deadline.
 pub async fn gather(providers: &[Arc<dyn ContextProvider>], request: &ContextRequest) -> Gathered {
+    gather_within(providers, request, &Deadlines::new()).await
+}
+
+/// [`gather`], with `deadlines` in force where they name a provider.
+pub async fn gather_within(
+    providers: &[Arc<dyn ContextProvider>],
+    request: &ContextRequest,
+    deadlines: &Deadlines,
+) -> Gathered {
     let start = Instant::now();
     let mut pending: FuturesUnordered<_> = providers
         .iter()
@@ -139,7 +152,10 @@ pub async fn gather(providers: &[Arc<dyn ContextProvider>], request: &ContextReq
         .map(|(index, provider)| {
             let span = info_span!("context_provider", provider = provider.name());
             async move {
-                let deadline = provider.deadline();
+                let deadline = deadlines
+                    .get(provider.name())
+                    .copied()
+                    .unwrap_or_else(|| provider.deadline());
                 let began = Instant::now();
                 let outcome = tokio::time::timeout(deadline, provider.fetch(request)).await;
                 (index, outcome, began.elapsed(), deadline)

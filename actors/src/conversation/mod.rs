@@ -79,7 +79,10 @@ pub struct ConversationDeps {
     pub limiter: Option<Arc<dyn crate::limits::RateLimiter>>,
     pub history: Arc<dyn HistoryStore>,
     pub llm: Addr<LlmActor>,
-    pub settings: ConversationSettings,
+    /// Swapped whole by a reload; each turn reads the one in force when it starts.
+    pub settings: arc_swap::ArcSwap<ConversationSettings>,
+    /// `[context]` deadlines a reload set, by provider name (empty: the providers' own).
+    pub deadlines: crate::live::Live<context::Deadlines>,
     pub stats: Arc<RuntimeStats>,
 }
 
@@ -212,7 +215,7 @@ impl ConversationActor {
 
     fn finish(&mut self, report: TurnReport, ctx: &mut Context<Self>) {
         self.current = None;
-        let limit = self.link.deps.settings.history_turns;
+        let limit = self.link.deps.settings.load().history_turns;
         if let Some(turns) = report.loaded_history {
             self.warm.set_history(&report.scope, turns);
         }
@@ -249,7 +252,7 @@ impl ConversationActor {
     /// actor in place with the same mailbox.
     fn crashed(&mut self, cause: String, ctx: &mut Context<Self>) {
         let stats = &self.link.stats;
-        let policy = &self.link.deps.settings.restart;
+        let policy = &self.link.deps.settings.load().restart;
         let crashes = self.crashes.get_or_insert_with(|| {
             Box::new(Crashes {
                 tracker: RestartTracker::new(policy.clone()),

@@ -13,7 +13,7 @@ mod select;
 
 pub use actor::{CorrectedFacts, CurrentFacts, ForgetFacts, GraphActor, GraphPool, UpsertFacts};
 pub use extract::{ExtractFacts, FactExtraction, facts_schema, grounded, parse_facts};
-pub use provider::FactProvider;
+pub use provider::{FactProvider, FactTuning};
 pub use select::{about, select};
 
 use async_trait::async_trait;

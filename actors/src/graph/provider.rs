@@ -12,9 +12,16 @@ use crate::conversation::context::{
 
 pub struct FactProvider {
     pub store: Arc<dyn FactStore>,
+    /// `facts.hops` and `facts.token_budget`, live.
+    pub tuning: crate::live::Live<FactTuning>,
+    pub deadline: Duration,
+}
+
+/// How far and how much of the graph a prompt gets.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct FactTuning {
     pub hops: usize,
     pub token_budget: usize,
-    pub deadline: Duration,
 }
 
 #[async_trait]
@@ -30,7 +37,8 @@ impl ContextProvider for FactProvider {
     }
     async fn fetch(&self, request: &ContextRequest) -> Result<ContextPiece, ProviderError> {
         let facts = self.store.current(&request.key.user).await?;
-        let selected = select(&facts, &request.text, self.hops, self.token_budget);
+        let tuning = *self.tuning.get();
+        let selected = select(&facts, &request.text, tuning.hops, tuning.token_budget);
         let body = if selected.is_empty() {
             "None known yet.".to_owned()
         } else {

@@ -26,7 +26,8 @@ pub struct MemoryProvider {
     /// Where corrections are known: a memory stating a value whose fact was since closed is
     /// marked out of date. None (no fact graph): memories are shown as they were said.
     pub facts: Option<Arc<dyn FactStore>>,
-    pub rank: RankSettings,
+    /// `[memory]` ranking, live.
+    pub rank: crate::live::Live<RankSettings>,
     pub guild_memories_in_dm: bool,
     pub deadline: Duration,
     pub clock: Arc<dyn crate::clock::Clock>,
@@ -42,12 +43,13 @@ impl MemoryProvider {
         text: &str,
         vector: crate::ports::Embedding,
     ) -> Result<Vec<(f32, Candidate)>, StoreError> {
+        let settings = self.rank.get();
         let search = self.store.search(MemoryQuery {
             key: key.clone(),
             scopes: AllowedScopes::for_scope(scope, self.guild_memories_in_dm),
             vector,
             text: text.to_owned(),
-            limit: (self.rank.top_k * 4).max(CANDIDATES),
+            limit: (settings.top_k * 4).max(CANDIDATES),
         });
         let corrections = async {
             let Some(facts) = &self.facts else {
@@ -63,7 +65,7 @@ impl MemoryProvider {
             }
         };
         let (candidates, corrections) = futures::future::join(search, corrections).await;
-        let mut ranked = rank(candidates?, &self.rank, text, self.clock.now_ms());
+        let mut ranked = rank(candidates?, &settings, text, self.clock.now_ms());
         if let Some((corrected, current)) = corrections {
             mark_corrected(&mut ranked, &corrected, &current);
         }

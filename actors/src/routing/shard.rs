@@ -95,7 +95,8 @@ pub struct Shard {
     id: usize,
     deps: Arc<ConversationDeps>,
     stats: Arc<ShardStats>,
-    settings: ShardSettings,
+    /// `runtime.idle_timeout` and `max_conversations_per_shard`, live.
+    settings: crate::live::Live<ShardSettings>,
     conversations: LruCache<ConversationKey, Entry>,
     leaving: HashMap<ConversationKey, Leaving>,
     /// Shared by all of this shard's conversations; set in `started`.
@@ -106,7 +107,11 @@ pub struct Shard {
 }
 
 impl Shard {
-    pub fn new(id: usize, deps: Arc<ConversationDeps>, settings: ShardSettings) -> Self {
+    pub fn new(
+        id: usize,
+        deps: Arc<ConversationDeps>,
+        settings: crate::live::Live<ShardSettings>,
+    ) -> Self {
         Self {
             id,
             stats: deps.stats.shard(id),
@@ -224,7 +229,7 @@ impl Shard {
 
     /// Makes room for one more conversation.
     fn make_room(&mut self) {
-        let limit = self.settings.max_conversations.saturating_sub(1);
+        let limit = self.settings.get().max_conversations.saturating_sub(1);
         if !self.enforce_limit(limit) {
             warn!(
                 shard = self.id,
@@ -236,11 +241,12 @@ impl Shard {
 
     fn passivate_idle(&mut self) {
         let now = Instant::now();
+        let idle_timeout = self.settings.get().idle_timeout;
         let idle: Vec<ConversationKey> = self
             .conversations
             .iter()
             .rev()
-            .take_while(|(_, e)| now.duration_since(e.last_active) >= self.settings.idle_timeout)
+            .take_while(|(_, e)| now.duration_since(e.last_active) >= idle_timeout)
             .filter(|(_, e)| e.pending == 0)
             .map(|(k, _)| k.clone())
             .collect();
@@ -267,7 +273,10 @@ impl Actor for Shard {
     type Context = Context<Self>;
 
     fn started(&mut self, ctx: &mut Self::Context) {
-        let sweep = (self.settings.idle_timeout / 4)
+        // The sweep runs at least every 5 s, so a shorter idle timeout set by a reload is
+        // honoured within that.
+        let sweep = (self.settings.get().idle_timeout / 4)
+            .min(Duration::from_secs(5))
             .clamp(Duration::from_millis(10), Duration::from_secs(30));
         ctx.run_interval(sweep, |shard, _| shard.passivate_idle());
     }
@@ -397,8 +406,9 @@ impl Handler<TurnFinished> for Shard {
             }
         }
         // Back under the limit once an overflowing burst goes idle.
-        if self.conversations.len() > self.settings.max_conversations {
-            self.enforce_limit(self.settings.max_conversations);
+        let max = self.settings.get().max_conversations;
+        if self.conversations.len() > max {
+            self.enforce_limit(max);
         }
         self.release_drain_waiters();
     }

@@ -164,7 +164,7 @@ async fn embed_query(embedder: &dyn Embedder, query: String) -> Result<Embedding
 pub struct SearchMemories {
     pub store: Arc<dyn MemoryStore>,
     pub embedder: Arc<dyn Embedder>,
-    pub rank: RankSettings,
+    pub rank: crate::live::Live<RankSettings>,
     pub guild_memories_in_dm: bool,
     pub clock: Arc<dyn crate::clock::Clock>,
 }
@@ -194,6 +194,7 @@ impl Tool for SearchMemories {
             return Err(ToolError::Arguments("query is empty".into()));
         }
         let vector = embed_query(self.embedder.as_ref(), query.clone()).await?;
+        let rank_settings = self.rank.get();
         let candidates = self
             .store
             .search(MemoryQuery {
@@ -201,11 +202,11 @@ impl Tool for SearchMemories {
                 scopes: AllowedScopes::for_scope(&scope.scope, self.guild_memories_in_dm),
                 vector,
                 text: query.clone(),
-                limit: self.rank.top_k * 4,
+                limit: rank_settings.top_k * 4,
             })
             .await?;
         let now = self.clock.now_ms();
-        let ranked = rank(candidates, &self.rank, &query, now);
+        let ranked = rank(candidates, &rank_settings, &query, now);
         if ranked.is_empty() {
             return Ok("No matching memories.".into());
         }

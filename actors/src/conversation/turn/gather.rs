@@ -7,8 +7,8 @@ use tracing::{Instrument, debug, info_span, warn};
 use crate::character::{Character, ModelParams};
 use crate::conversation::ConversationDeps;
 use crate::conversation::context::{
-    ContextPiece, ContextRequest, PieceKind, Section, SharedEmbedding, gather as ask_providers,
-    no_embedding,
+    ContextPiece, ContextRequest, PieceKind, Section, SharedEmbedding,
+    gather_within as ask_providers, no_embedding,
 };
 use crate::conversation::prompt::{self, PromptInput};
 use crate::messages::{Timings, UserMessage};
@@ -72,7 +72,8 @@ pub async fn gather(
         text: message.text.clone(),
         embedding: embedding.clone(),
     };
-    let answered = ask_providers(&providers, &request)
+    let deadlines = deps.deadlines.get();
+    let answered = ask_providers(&providers, &request, &deadlines)
         .instrument(info_span!("context"))
         .await;
     timings.context = answered.elapsed;
@@ -130,7 +131,7 @@ pub fn build_prompt(
         sections,
         history,
         message,
-        token_budget: deps.settings.token_budget,
+        token_budget: deps.settings.load().token_budget,
         now_ms: deps.clock.now_ms(),
     });
     debug!(

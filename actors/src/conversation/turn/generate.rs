@@ -39,7 +39,7 @@ pub async fn generate(
         key: message.key.clone(),
         scope: message.scope.clone(),
     };
-    let mut relay = Relay::new(deps.settings.edit_interval);
+    let mut relay = Relay::new(deps.settings.load().edit_interval);
     let mut emit = |text: &str| reply.stream(text);
     let mut round = 0;
     let outcome = loop {
