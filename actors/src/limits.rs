@@ -83,6 +83,30 @@ impl RateLimiter for LocalRateLimiter {
     }
 }
 
+/// The limits in force, swapped by a reload (`[limits]` is live). `None`: no limit.
+pub struct LiveLimiter(crate::live::Live<Option<std::sync::Arc<dyn RateLimiter>>>);
+
+impl LiveLimiter {
+    pub fn new(limiter: Option<std::sync::Arc<dyn RateLimiter>>) -> Self {
+        Self(crate::live::Live::new(limiter))
+    }
+
+    pub fn set(&self, limiter: Option<std::sync::Arc<dyn RateLimiter>>) {
+        self.0.set(limiter);
+    }
+}
+
+#[async_trait]
+impl RateLimiter for LiveLimiter {
+    async fn allow(&self, user: &str) -> Result<bool, StoreError> {
+        let current = self.0.get();
+        match current.as_ref() {
+            Some(limiter) => limiter.allow(user).await,
+            None => Ok(true),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -106,29 +130,5 @@ mod tests {
         }
         assert!(!limiter.allow("a").await.unwrap());
         assert!(limiter.allow("b").await.unwrap(), "per user");
-    }
-}
-
-/// The limits in force, swapped by a reload (`[limits]` is live). `None`: no limit.
-pub struct LiveLimiter(crate::live::Live<Option<std::sync::Arc<dyn RateLimiter>>>);
-
-impl LiveLimiter {
-    pub fn new(limiter: Option<std::sync::Arc<dyn RateLimiter>>) -> Self {
-        Self(crate::live::Live::new(limiter))
-    }
-
-    pub fn set(&self, limiter: Option<std::sync::Arc<dyn RateLimiter>>) {
-        self.0.set(limiter);
-    }
-}
-
-#[async_trait]
-impl RateLimiter for LiveLimiter {
-    async fn allow(&self, user: &str) -> Result<bool, StoreError> {
-        let current = self.0.get();
-        match current.as_ref() {
-            Some(limiter) => limiter.allow(user).await,
-            None => Ok(true),
-        }
     }
 }
