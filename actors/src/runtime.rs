@@ -135,6 +135,7 @@ pub struct Runtime {
 
 /// The settings a reload changes in place (see [`Runtime::retune`]).
 struct Tunables {
+    intents: Option<Live<IntentSet>>,
     rank: Live<crate::memory::RankSettings>,
     facts: Live<FactTuning>,
     deadlines: Live<Deadlines>,
@@ -192,7 +193,10 @@ impl Runtime {
             }),
         ];
         let mut classifier_addr = None;
+        let mut live_intents = None;
         if let Some(intents) = parts.intents.filter(|_| classifies) {
+            let intents = Live::new(intents);
+            live_intents = Some(intents.clone());
             let counted = stats.clone();
             let classifier = Pool::start(
                 "ClassifierActor",
@@ -216,6 +220,7 @@ impl Runtime {
                 token_budget: settings.facts.token_budget,
             }),
             deadlines: Live::new(Deadlines::new()),
+            intents: live_intents,
             shard: Live::new(ShardSettings {
                 idle_timeout: settings.idle_timeout,
                 max_conversations: settings.max_conversations_per_shard,
@@ -471,6 +476,18 @@ impl Runtime {
             idle_timeout: settings.idle_timeout,
             max_conversations: settings.max_conversations_per_shard,
         });
+    }
+
+    /// Swaps the fast-track intents (examples and thresholds) every ClassifierActor uses.
+    /// False when the runtime has no classifier (`classifier.enabled` changes need a restart).
+    pub fn set_intents(&self, intents: IntentSet) -> bool {
+        match &self.tunables.intents {
+            Some(live) => {
+                live.set(intents);
+                true
+            }
+            None => false,
+        }
     }
 
     /// Swaps the character set: a conversation reads its persona at its next message; a

@@ -256,6 +256,8 @@ pub struct App {
     /// The configuration in force: the startup one with every applied reload's live keys.
     in_force: std::sync::Mutex<(Settings, CharacterSet)>,
     reloads: std::sync::atomic::AtomicU64,
+    /// The intents file as the classifier in force read it.
+    intents_text: std::sync::Mutex<Option<String>>,
     /// `[limits]` in force, and the Redis pool a rebuilt limiter counts in.
     limits: (
         Arc<whisper_actors::limits::LiveLimiter>,
@@ -339,6 +341,9 @@ impl App {
             embedder: t.embedder,
             in_force: std::sync::Mutex::new((settings.clone(), characters_in_force)),
             limits: (t.limiter, t.redis_cache),
+            intents_text: std::sync::Mutex::new(
+                std::fs::read_to_string(&settings.classifier.intents).ok(),
+            ),
             reloads: Default::default(),
             settings,
         })
@@ -421,12 +426,31 @@ impl App {
         let attempt = self.reloads.fetch_add(1, Ordering::SeqCst) + 1;
         let (running, running_characters) = self.in_force.lock().expect("config lock").clone();
         let stats = self.runtime.stats();
-        let outcome = match reload::plan(source, &running, &running_characters) {
+        let planned = match reload::plan(source, &running, &running_characters) {
+            Ok(plan) => match self.reload_intents(&plan.settings).await {
+                Ok(intents) => Ok((plan, intents)),
+                Err(error) => Err(error),
+            },
+            Err(error) => Err(error),
+        };
+        let outcome = match planned {
             Err(error) => {
                 warn!(error = %format!("{error:#}"), "reload rejected; nothing changed");
                 reload::ReloadOutcome::rejected(attempt, stats.config_generation.get(), &error)
             }
-            Ok(plan) => {
+            Ok((mut plan, intents)) => {
+                if let Some((set, text)) = intents {
+                    self.runtime.set_intents(set);
+                    *self.intents_text.lock().expect("intents lock") = Some(text);
+                    if !plan.changes.iter().any(|c| c.key == "classifier.intents") {
+                        plan.changes.push(reload::Change {
+                            key: "classifier.intents".into(),
+                            from: "the file as loaded".into(),
+                            to: "its edited examples and thresholds".into(),
+                            live: true,
+                        });
+                    }
+                }
                 let mut in_force = running.clone();
                 let mut retune = false;
                 for change in plan.live() {
@@ -467,6 +491,31 @@ impl App {
         outcome
     }
 
+    /// The intents file again, when it (or its path) changed and the classifier runs: embedded
+    /// and validated before anything is applied, so a broken file changes nothing.
+    async fn reload_intents(
+        &self,
+        new: &Settings,
+    ) -> anyhow::Result<Option<(whisper_actors::classifier::IntentSet, String)>> {
+        let (Some(embedder), true) = (&self.embedder, new.classifier.enabled) else {
+            return Ok(None);
+        };
+        if self.runtime.classifier().is_none() {
+            return Ok(None);
+        }
+        let path = &new.classifier.intents;
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("key `classifier.intents`: cannot read {}", path.display()))?;
+        if self.intents_text.lock().expect("intents lock").as_deref() == Some(text.as_str()) {
+            return Ok(None);
+        }
+        let cache = new.storage.data_dir.join("cache");
+        let set = classifier::load(path, &cache, embedder.as_ref())
+            .await
+            .with_context(|| format!("loading the fast-track intents from {}", path.display()))?;
+        Ok(Some((set, text)))
+    }
+
     /// Applies one live key from `plan` and records it in `in_force`; true when the key is
     /// one [`Runtime::retune`] applies (once, after all of them are recorded).
     async fn apply(&self, key: &str, plan: &reload::ReloadPlan, in_force: &mut Settings) -> bool {
@@ -493,6 +542,11 @@ impl App {
                 // A new limiter starts its windows afresh.
                 let (live, redis) = &self.limits;
                 live.set(limiter_for(in_force, redis.as_ref()));
+                return false;
+            }
+            "classifier.intents" => {
+                // Loaded and swapped with the file's contents above.
+                in_force.classifier.intents = new.classifier.intents.clone();
                 return false;
             }
             "facts.hops" => in_force.facts.hops = new.facts.hops,

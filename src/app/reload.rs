@@ -23,6 +23,7 @@ const LIVE: &[&str] = &[
     "streaming.",
     "context.",
     "limits.",
+    "classifier.intents",
     "memory.top_k",
     "memory.min_similarity",
     "memory.recency_half_life",

@@ -334,3 +334,53 @@ fn live_settings_take_effect_at_the_next_message() {
         app.shutdown().await;
     });
 }
+
+/// The intents file is live: routing greetings to the full path sends "hello there" there at
+/// the next message; a broken file changes nothing.
+#[test]
+fn edited_intents_route_the_next_message() {
+    run_actix(|| async {
+        let llm = ScriptedLlm::start().await;
+        let bot = BotDir::new(&llm.base_url());
+        let intents = bot.dir.path().join("intents.toml");
+        std::fs::copy("config/intents.toml", &intents).unwrap();
+        let section = format!(
+            "[runtime]\nshards = 2\n[classifier]\nintents = \"{}\"\n",
+            intents.display()
+        );
+        bot.write_config(&section);
+        let app = start(bot.settings(), extras(vec![])).await;
+        let full_path = |llm: &ScriptedLlm| {
+            let system = llm.requests().last().unwrap().contents()[0].clone();
+            system.contains("## Facts about the user")
+        };
+        let mut ana = Client::new("aria", "test:intents");
+        assert!(is_done(&ana.ask(&app, "hello there").await));
+        assert!(!full_path(&llm), "a greeting takes the fast track");
+
+        let original = std::fs::read_to_string(&intents).unwrap();
+        // Greetings now take the full path.
+        let edited = original.replacen(
+            "name = \"greeting\"\nroute = \"fast\"",
+            "name = \"greeting\"\nroute = \"full\"",
+            1,
+        );
+        assert_ne!(edited, original);
+        std::fs::write(&intents, edited).unwrap();
+        let outcome = app.reload(&bot.overrides()).await;
+        assert!(
+            outcome.to_string().contains("classifier.intents"),
+            "{outcome}"
+        );
+        assert!(is_done(&ana.ask(&app, "hello there").await));
+        assert!(full_path(&llm), "greetings take the full path now");
+
+        std::fs::write(&intents, "[[intent]]\nname = 3\n").unwrap();
+        let outcome = app.reload(&bot.overrides()).await;
+        assert!(!outcome.applied, "{outcome}");
+        assert!(outcome.to_string().contains("intents"), "{outcome}");
+        assert!(is_done(&ana.ask(&app, "hello there").await));
+        assert!(full_path(&llm), "the last good intents stay in force");
+        app.shutdown().await;
+    });
+}

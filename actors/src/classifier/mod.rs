@@ -149,14 +149,15 @@ impl ContextProvider for ClassifierProvider {
 /// Owns a copy of the intent set; classification takes microseconds, so a pool of one
 /// (`pools.classifier`) serves every shard on a small bot.
 pub struct ClassifierActor {
-    intents: IntentSet,
+    /// Shared by the pool's members; a reload of the intents file swaps it.
+    intents: crate::live::Live<IntentSet>,
     restarts: Option<(Arc<crate::stats::RuntimeStats>, crate::pool::MemberRestarts)>,
 }
 
 impl ClassifierActor {
-    pub fn new(intents: IntentSet) -> Self {
+    pub fn new(intents: impl Into<crate::live::Live<IntentSet>>) -> Self {
         Self {
-            intents,
+            intents: intents.into(),
             restarts: None,
         }
     }
@@ -164,7 +165,7 @@ impl ClassifierActor {
     /// A pool member: restarts under its pool's policy, counted by kind in `stats` and in the
     /// pool (both shown by status).
     pub fn counted(
-        intents: IntentSet,
+        intents: crate::live::Live<IntentSet>,
         stats: Arc<crate::stats::RuntimeStats>,
         pool: crate::pool::MemberRestarts,
     ) -> Self {
@@ -203,7 +204,7 @@ impl Handler<Classify> for ClassifierActor {
         // A classifier failure only costs the fast track: the message takes the full path.
         MessageResult(
             crate::supervision::catch("ClassifierActor", ctx, |_| {
-                self.intents.classify(&msg.text, &msg.vector)
+                self.intents.get().classify(&msg.text, &msg.vector)
             })
             .unwrap_or_else(|| Verdict::full("classifier failed")),
         )
