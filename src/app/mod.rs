@@ -53,6 +53,8 @@ pub struct Extras {
 /// Everything the app is made of, opened and wired but not yet serving. Built apart from
 /// running, so a store that cannot be opened stops startup before any conversation exists.
 struct Topology {
+    /// The Discord access rules in force.
+    access: whisper_actors::live::Live<Access>,
     /// The DiscordActors' counters, by character.
     discord: std::collections::HashMap<String, Arc<PoolStats>>,
     user_data: UserData,
@@ -147,15 +149,17 @@ impl Topology {
         let channel_context = &settings.discord.channel_context;
         let channel_log = (!settings.discord.tokens.is_empty() && channel_context.enabled)
             .then(|| Arc::new(ChannelLog::new(channel_context)));
+        let access = whisper_actors::live::Live::new(Access::from(&settings.discord));
         let mut providers = extras.providers;
         if let Some(log) = &channel_log {
             providers.push(Arc::new(ChannelContextProvider::new(
                 log.clone(),
-                Arc::new(Access::from(&settings.discord)),
+                access.clone(),
                 channel_context,
             )));
         }
         Ok(Topology {
+            access,
             discord,
             user_data,
             pools,
@@ -256,6 +260,8 @@ pub struct App {
     /// The configuration in force: the startup one with every applied reload's live keys.
     in_force: std::sync::Mutex<(Settings, CharacterSet)>,
     reloads: std::sync::atomic::AtomicU64,
+    /// The Discord access rules in force (`[discord]` lists are live).
+    access: whisper_actors::live::Live<Access>,
     /// The intents file as the classifier in force read it.
     intents_text: std::sync::Mutex<Option<String>>,
     /// `[limits]` in force, and the Redis pool a rebuilt limiter counts in.
@@ -341,6 +347,7 @@ impl App {
             embedder: t.embedder,
             in_force: std::sync::Mutex::new((settings.clone(), characters_in_force)),
             limits: (t.limiter, t.redis_cache),
+            access: t.access,
             intents_text: std::sync::Mutex::new(
                 std::fs::read_to_string(&settings.classifier.intents).ok(),
             ),
@@ -415,6 +422,11 @@ impl App {
 
     pub fn runtime(&self) -> &Runtime {
         &self.runtime
+    }
+
+    /// The Discord access rules in force; a reload swaps them.
+    pub fn access(&self) -> whisper_actors::live::Live<Access> {
+        self.access.clone()
     }
 
     /// Re-reads the configuration layers `source` names and the character files, and applies
@@ -542,6 +554,22 @@ impl App {
                 // A new limiter starts its windows afresh.
                 let (live, redis) = &self.limits;
                 live.set(limiter_for(in_force, redis.as_ref()));
+                return false;
+            }
+            k if k.starts_with("discord.") => {
+                let (d, n) = (&mut in_force.discord, &new.discord);
+                d.ignore_bots = n.ignore_bots;
+                d.dm_policy = n.dm_policy;
+                d.dm_allowlist = n.dm_allowlist.clone();
+                d.open_channels = n.open_channels.clone();
+                d.allowed_channels = n.allowed_channels.clone();
+                d.blocked_channels = n.blocked_channels.clone();
+                d.allowed_users = n.allowed_users.clone();
+                d.blocked_users = n.blocked_users.clone();
+                d.allowed_roles = n.allowed_roles.clone();
+                d.blocked_roles = n.blocked_roles.clone();
+                d.admins = n.admins.clone();
+                self.access.set(Access::from(&*d));
                 return false;
             }
             "classifier.intents" => {

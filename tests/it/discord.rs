@@ -26,6 +26,8 @@ struct Rig {
     bots: DiscordBots,
     /// Bot user ids, by character.
     ids: Vec<(String, u64)>,
+    /// What the app was started with.
+    settings: Settings,
     _dir: tempfile::TempDir,
 }
 
@@ -56,6 +58,7 @@ impl Rig {
             llm,
             bots,
             ids,
+            settings: s,
             _dir: dir,
         }
     }
@@ -1093,6 +1096,48 @@ fn the_discord_actor_survives_a_panic() {
         assert_eq!(pool(&rig).restarts, 1);
         let message = rig.emu.post(rig.mention("aria", "still there?"));
         rig.wait_reply(message, "echo: still there?").await;
+        rig.stop().await;
+    });
+}
+
+/// A reload changes who gets an answer (the access lists are live) without reconnecting the
+/// gateway: Discord allows 1,000 identifies a day.
+#[test]
+fn a_reload_applies_access_lists_without_reconnecting() {
+    run_actix(|| async {
+        let rig = Rig::start(&["aria"], |_| {}).await;
+        let before = rig.emu.post(rig.mention("aria", "before"));
+        rig.wait_reply(before, "echo: before").await;
+        let identifies = rig.emu.identifies();
+
+        // The running configuration as a file, with USER blocked.
+        let mut edited = rig.settings.clone();
+        edited.discord.blocked_users = vec![USER];
+        let file = rig._dir.path().join("reload.toml");
+        std::fs::write(&file, edited.to_toml()).unwrap();
+        let outcome = rig
+            .app
+            .reload(&whisperengine::config::Overrides {
+                config_file: Some(file),
+                data_dir: Some(rig.settings.storage.data_dir.clone()),
+                ignore_environment: true,
+            })
+            .await;
+        let text = outcome.to_string();
+        assert!(
+            text.contains("discord.blocked_users: [] -> [42] (applied)"),
+            "{text}"
+        );
+
+        let blocked = rig.emu.post(rig.mention("aria", "after"));
+        tokio::time::sleep(Duration::from_millis(800)).await;
+        assert!(
+            rig.reply_writes(blocked).is_empty(),
+            "a blocked user gets no answer: {:#?}",
+            rig.emu.calls()
+        );
+        assert_eq!(rig.emu.identifies(), identifies, "no new IDENTIFY");
+        assert_eq!(rig.emu.connected(), 1, "the same gateway connection");
         rig.stop().await;
     });
 }

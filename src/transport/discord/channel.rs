@@ -144,14 +144,19 @@ impl ChannelLog {
 /// The "recent messages in this channel" section of a guild conversation's prompt.
 pub struct ChannelContextProvider {
     pub log: Arc<ChannelLog>,
-    pub access: Arc<Access>,
+    /// The access rules in force (`[discord]` lists are live).
+    pub access: whisper_actors::live::Live<Access>,
     pub max_tokens: usize,
     pub include_bots: bool,
     pub deadline: Duration,
 }
 
 impl ChannelContextProvider {
-    pub fn new(log: Arc<ChannelLog>, access: Arc<Access>, s: &ChannelContextSection) -> Self {
+    pub fn new(
+        log: Arc<ChannelLog>,
+        access: whisper_actors::live::Live<Access>,
+        s: &ChannelContextSection,
+    ) -> Self {
         Self {
             log,
             access,
@@ -169,6 +174,7 @@ impl ChannelContextProvider {
         let me = self.log.bot_of(&request.key.character);
         let mut kept = Vec::new();
         let mut budget = self.max_tokens;
+        let access = self.access.get();
         for line in self
             .log
             .lines(*guild, channel, request.message_id)
@@ -179,7 +185,7 @@ impl ChannelContextProvider {
             if !own && line.author_is_bot && !self.include_bots {
                 continue;
             }
-            if self.access.blocks(line.author, &line.roles) || line.text.trim().is_empty() {
+            if access.blocks(line.author, &line.roles) || line.text.trim().is_empty() {
                 continue;
             }
             let who = if own {

@@ -2,8 +2,6 @@
 //! them, and the admins' view of the runtime. Replies about a user's data are ephemeral (only
 //! they see them), and what is shown respects the scope rule: in a guild, nothing from DMs.
 
-use std::sync::Arc;
-
 use whisper_actors::ConversationKey;
 use whisper_actors::Scope;
 use whisper_actors::memory::AllowedScopes;
@@ -19,7 +17,7 @@ pub type Ctx<'a> = poise::Context<'a, CommandData, Error>;
 pub struct CommandData {
     pub character: String,
     pub control: UserControl,
-    pub access: Arc<Access>,
+    pub access: whisper_actors::live::Live<Access>,
     pub guild_memories_in_dm: bool,
 }
 
@@ -131,7 +129,7 @@ pub async fn profile(ctx: Ctx<'_>) -> Result<(), Error> {
 #[poise::command(slash_command, ephemeral)]
 pub async fn status(ctx: Ctx<'_>) -> Result<(), Error> {
     let data = ctx.data();
-    if !data.access.is_admin(ctx.author().id.get()) {
+    if !data.access.get().is_admin(ctx.author().id.get()) {
         ctx.say("Only the bot's admins can see its status.").await?;
         return Ok(());
     }

@@ -37,7 +37,8 @@ pub struct Bot {
     /// Bounded (`THREADS`, least recently used dropped): a dropped thread is looked up in the
     /// cache again.
     pub threads: std::sync::Mutex<lru::LruCache<u64, ThreadInfo>>,
-    pub access: Arc<Access>,
+    /// The access rules in force (`[discord]` lists are live).
+    pub access: whisper_actors::live::Live<Access>,
     pub router: ShardRouter,
     pub outbound: Addr<DiscordActor>,
     /// Where the bot was refused (403): messages there are not answered at all.
@@ -159,7 +160,7 @@ impl EventHandler for Bot {
                 .is_some_and(|r| r.author.id == me),
             in_my_thread: thread_owner == Some(me.get()),
         };
-        if let Decision::Ignore(why) = self.access.decide(&inbound) {
+        if let Decision::Ignore(why) = self.access.get().decide(&inbound) {
             debug!(character = %self.character, message = %msg.id, why, "not answering");
             return;
         }

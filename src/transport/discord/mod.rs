@@ -29,7 +29,6 @@ use crate::config::Settings;
 use inbound::Bot;
 use outbound::ChannelLimiter;
 pub use outbound::DiscordActor;
-use policy::Access;
 
 #[derive(Debug, thiserror::Error)]
 pub enum DiscordError {
@@ -77,7 +76,7 @@ pub async fn start(app: &App, settings: &Settings) -> Result<DiscordBots, Discor
     let section = &settings.discord;
     let edit_interval = settings.streaming.edit_interval;
     let router = app.router();
-    let access = Arc::new(Access::from(section));
+    let access = app.access();
     let limiter = Arc::new(ChannelLimiter::new(
         section.channel_writes,
         section.channel_window,
