@@ -129,8 +129,37 @@ pub struct Runtime {
     /// One resize at a time.
     resizing: Arc<tokio::sync::Mutex<()>>,
     tunables: Tunables,
+    job_workers: Option<JobWorkers>,
     llm: Addr<LlmActor>,
     classifier: Option<Pool<ClassifierActor>>,
+}
+
+/// The background job workers, on one arbiter; each with its retirement flag.
+struct JobWorkers {
+    arbiter: Arbiter,
+    system: Arc<JobSystem>,
+    retire: std::sync::Mutex<Vec<Arc<std::sync::atomic::AtomicBool>>>,
+}
+
+impl JobWorkers {
+    fn resize(&self, workers: usize) {
+        let mut retire = self.retire.lock().expect("workers lock");
+        while retire.len() < workers {
+            let flag: Arc<std::sync::atomic::AtomicBool> = Default::default();
+            let (system, flag2) = (self.system.clone(), flag.clone());
+            Supervisor::start_in_arbiter(&self.arbiter.handle(), move |_| {
+                JobWorker::retirable(system, flag2)
+            });
+            retire.push(flag);
+        }
+        while retire.len() > workers {
+            let flag = retire.pop().expect("non-empty");
+            flag.store(true, std::sync::atomic::Ordering::Release);
+        }
+        // Idle workers wait for a poll or a wake-up: retired ones notice at once.
+        self.system.wake.notify_waiters();
+        self.system.stats.size.set(workers as u64);
+    }
 }
 
 /// The settings a reload changes in place (see [`Runtime::retune`]).
@@ -326,7 +355,7 @@ impl Runtime {
         });
         let shard_settings = tunables.shard.clone();
 
-        let mut arbiters = vec![llm_arbiter];
+        let arbiters = vec![llm_arbiter];
         let mut shards = Vec::with_capacity(settings.shards as usize);
         let mut shard_arbiters = Vec::with_capacity(settings.shards as usize);
         for id in 0..settings.shards as usize {
@@ -334,14 +363,15 @@ impl Runtime {
             shards.push(shard);
             shard_arbiters.push(arbiter);
         }
-        if let Some(system) = &jobs {
-            let arbiter = Arbiter::new();
-            for _ in 0..settings.jobs.workers {
-                let system = system.clone();
-                Supervisor::start_in_arbiter(&arbiter.handle(), move |_| JobWorker::new(system));
-            }
-            arbiters.push(arbiter);
-        }
+        let job_workers = jobs.as_ref().map(|system| {
+            let workers = JobWorkers {
+                arbiter: Arbiter::new(),
+                system: system.clone(),
+                retire: std::sync::Mutex::new(Vec::new()),
+            };
+            workers.resize(settings.jobs.workers);
+            workers
+        });
         let ring = HashRing::new(settings.shards, settings.virtual_nodes);
         let router = ShardRouter::new(ring, shards, characters.clone(), stats.clone());
         info!(
@@ -357,6 +387,7 @@ impl Runtime {
             shard_arbiters: Arc::new(std::sync::Mutex::new(shard_arbiters)),
             shard_start: (deps, shard_settings, settings.virtual_nodes),
             tunables,
+            job_workers,
             resizing: Arc::new(tokio::sync::Mutex::new(())),
             llm,
             classifier: classifier_addr,
@@ -478,6 +509,14 @@ impl Runtime {
         });
     }
 
+    /// Runs `workers` background job workers (`jobs.workers`): more start at once; retired
+    /// ones finish the job they run first.
+    pub fn resize_job_workers(&self, workers: usize) {
+        if let Some(pool) = &self.job_workers {
+            pool.resize(workers);
+        }
+    }
+
     /// Swaps the fast-track intents (examples and thresholds) every ClassifierActor uses.
     /// False when the runtime has no classifier (`classifier.enabled` changes need a restart).
     pub fn set_intents(&self, intents: IntentSet) -> bool {
@@ -577,6 +616,9 @@ impl Runtime {
         }
         for arbiter in self.shard_arbiters.lock().expect("arbiters lock").iter() {
             arbiter.stop();
+        }
+        if let Some(workers) = &self.job_workers {
+            workers.arbiter.stop();
         }
         report
     }

@@ -53,6 +53,7 @@ pub struct Extras {
 /// Everything the app is made of, opened and wired but not yet serving. Built apart from
 /// running, so a store that cannot be opened stops startup before any conversation exists.
 struct Topology {
+    history_resize: stores::Resizer,
     /// The Discord access rules in force.
     access: whisper_actors::live::Live<Access>,
     /// The DiscordActors' counters, by character.
@@ -83,7 +84,7 @@ impl Topology {
         extras: Extras,
     ) -> anyhow::Result<Topology> {
         let db = sqlite::prepare(&settings.storage.data_dir)?;
-        let (history, history_stats) = history_store(settings, &db).await?;
+        let (history, history_stats, history_resize) = history_store(settings, &db).await?;
         let (history, redis_cache) = redis_extras(settings, history).await?;
         let limiter = Arc::new(whisper_actors::limits::LiveLimiter::new(limiter_for(
             settings,
@@ -159,6 +160,7 @@ impl Topology {
             )));
         }
         Ok(Topology {
+            history_resize,
             access,
             discord,
             user_data,
@@ -262,6 +264,8 @@ pub struct App {
     reloads: std::sync::atomic::AtomicU64,
     /// The Discord access rules in force (`[discord]` lists are live).
     access: whisper_actors::live::Live<Access>,
+    /// Resizes the history store's pool (SQLite threads or PostgreSQL connections).
+    history_resize: stores::Resizer,
     /// The intents file as the classifier in force read it.
     intents_text: std::sync::Mutex<Option<String>>,
     /// `[limits]` in force, and the Redis pool a rebuilt limiter counts in.
@@ -347,6 +351,7 @@ impl App {
             embedder: t.embedder,
             in_force: std::sync::Mutex::new((settings.clone(), characters_in_force)),
             limits: (t.limiter, t.redis_cache),
+            history_resize: t.history_resize,
             access: t.access,
             intents_text: std::sync::Mutex::new(
                 std::fs::read_to_string(&settings.classifier.intents).ok(),
@@ -606,6 +611,29 @@ impl App {
             "pools.memory" => {
                 self.store_pools.0.0.resize(new.pools.memory);
                 in_force.pools.memory = new.pools.memory;
+            }
+            "pools.history" if new.storage.history == crate::config::HistoryBackend::Sqlite => {
+                (self.history_resize)(new.pools.history);
+                in_force.pools.history = new.pools.history;
+            }
+            "pools.postgres" if new.storage.history == crate::config::HistoryBackend::Postgres => {
+                (self.history_resize)(new.pools.postgres);
+                in_force.pools.postgres = new.pools.postgres;
+            }
+            "pools.embedder" => {
+                if let Some(embedder) = &self.embedder {
+                    embedder.resize(new.pools.embedder);
+                }
+                in_force.pools.embedder = new.pools.embedder;
+            }
+            "jobs.workers" => {
+                self.runtime.resize_job_workers(new.jobs.workers);
+                in_force.jobs.workers = new.jobs.workers;
+            }
+            "pools.history" | "pools.postgres" => {
+                // The other backend's size: nothing runs with it.
+                in_force.pools.history = new.pools.history;
+                in_force.pools.postgres = new.pools.postgres;
             }
             "pools.graph" => {
                 self.store_pools.1.0.resize(new.pools.graph);

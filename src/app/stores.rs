@@ -26,15 +26,23 @@ use whisper_actors::limits::{LocalRateLimiter, RateLimiter};
 use super::control::UserData;
 
 /// The configured history store (embedded SQLite or PostgreSQL) and its pool's stats.
+/// Resizes a store's pool live (`pools.history` / `pools.postgres`).
+pub(super) type Resizer = Arc<dyn Fn(usize) + Send + Sync>;
+
 pub(super) async fn history_store(
     settings: &Settings,
     db: &std::path::Path,
-) -> anyhow::Result<(Arc<dyn HistoryStore>, Arc<whisper_actors::stats::PoolStats>)> {
+) -> anyhow::Result<(
+    Arc<dyn HistoryStore>,
+    Arc<whisper_actors::stats::PoolStats>,
+    Resizer,
+)> {
     Ok(match settings.storage.history {
         HistoryBackend::Sqlite => {
-            let store = SqliteHistory::start(db.to_owned(), settings.pools.history);
+            let store = Arc::new(SqliteHistory::start(db.to_owned(), settings.pools.history));
             let stats = store.stats();
-            (Arc::new(store), stats)
+            let handle = store.clone();
+            (store, stats, Arc::new(move |n| handle.resize(n)))
         }
         HistoryBackend::Postgres => {
             let store = PgHistory::connect(
@@ -44,8 +52,10 @@ pub(super) async fn history_store(
             )
             .await
             .context("opening the history store (storage.history = \"postgres\")")?;
+            let store = Arc::new(store);
             let stats = store.stats();
-            (Arc::new(store), stats)
+            let handle = store.clone();
+            (store, stats, Arc::new(move |n| handle.resize(n)))
         }
     })
 }
@@ -180,7 +190,7 @@ pub(super) async fn job_queue(
 /// Opens the stores without starting the runtime (the `forget` command).
 pub async fn open_user_data(settings: &Settings) -> anyhow::Result<UserData> {
     let db = sqlite::prepare(&settings.storage.data_dir)?;
-    let (history, _) = history_store(settings, &db).await?;
+    let (history, _, _) = history_store(settings, &db).await?;
     Ok(UserData {
         db: db.clone(),
         history,

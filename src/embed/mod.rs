@@ -172,7 +172,9 @@ impl EmbedderActor {
 
 /// The embedding pool's async face.
 pub struct LocalEmbedder {
-    workers: Addr<EmbedderActor>,
+    /// Swapped whole by [`LocalEmbedder::resize`]: the old threads finish their queue.
+    workers: whisper_actors::live::Live<Addr<EmbedderActor>>,
+    files: Arc<ModelFiles>,
     stats: Arc<PoolStats>,
     dimensions: usize,
     model_id: String,
@@ -193,11 +195,28 @@ impl LocalEmbedder {
             })?[0]
             .len();
         let model_id = format!("{}:{}", files.dir.display(), files.onnx.len());
-        let first = std::sync::Mutex::new(Some(probe));
         let stats = Arc::new(PoolStats::default());
         stats.size.set(threads as u64);
-        let actor_stats = stats.clone();
-        let workers = SyncArbiter::start(threads, move || {
+        let files = Arc::new(files);
+        let workers = Self::threads(&files, &stats, threads, Some(probe));
+        Ok(Self {
+            workers: whisper_actors::live::Live::new(workers),
+            files,
+            stats,
+            dimensions,
+            model_id,
+        })
+    }
+
+    fn threads(
+        files: &Arc<ModelFiles>,
+        stats: &Arc<PoolStats>,
+        threads: usize,
+        probe: Option<TextEmbedding>,
+    ) -> Addr<EmbedderActor> {
+        let first = std::sync::Mutex::new(probe);
+        let (files, stats) = (files.clone(), stats.clone());
+        SyncArbiter::start(threads.max(1), move || {
             let session = first
                 .lock()
                 .expect("not poisoned")
@@ -207,15 +226,17 @@ impl LocalEmbedder {
                 .expect("the model loaded once at startup loads again");
             EmbedderActor {
                 session,
-                stats: actor_stats.clone(),
+                stats: stats.clone(),
             }
-        });
-        Ok(Self {
-            workers,
-            stats,
-            dimensions,
-            model_id,
         })
+    }
+
+    /// Serves from `threads` new EmbedderActors (each loads its session); the old ones answer
+    /// what they hold and exit once their last request is answered.
+    pub fn resize(&self, threads: usize) {
+        self.workers
+            .set(Self::threads(&self.files, &self.stats, threads, None));
+        self.stats.size.set(threads.max(1) as u64);
     }
 
     pub fn stats(&self) -> Arc<PoolStats> {
@@ -225,6 +246,7 @@ impl LocalEmbedder {
     /// Test hook: makes one EmbedderActor panic inside its handler.
     pub async fn inject_panic(&self) -> Result<(), whisper_actors::ports::StoreError> {
         self.workers
+            .get()
             .send(InjectPanic)
             .await
             .unwrap_or_else(|_| Err(whisper_actors::pool::panicked("EmbedderActor", "stopped")))
@@ -235,7 +257,8 @@ impl LocalEmbedder {
 impl Embedder for LocalEmbedder {
     async fn embed(&self, texts: Vec<String>) -> Result<Vec<Embedding>, EmbedError> {
         self.stats.queue_depth.inc();
-        let result = self.workers.send(Embed(texts)).await;
+        let workers = self.workers.get();
+        let result = workers.send(Embed(texts)).await;
         self.stats.queue_depth.dec();
         let result = result.unwrap_or_else(|_| Err(EmbedError("embedder pool stopped".into())));
         if result.is_err() {

@@ -45,6 +45,11 @@ impl BotDir {
 
     /// The test's base configuration plus `extra` (TOML appended at the end: tables only).
     fn write_config(&self, extra: &str) {
+        self.write_config_jobs(extra, "");
+    }
+
+    /// [`Self::write_config`], with `jobs` lines in the `[jobs]` table.
+    fn write_config_jobs(&self, extra: &str, jobs: &str) {
         let base = format!(
             r#"[llm]
 base_url = "{url}"
@@ -54,6 +59,7 @@ retry_backoff = "20ms"
 edit_interval = "50ms"
 [jobs]
 poll_interval = "50ms"
+{jobs}
 [characters]
 dir = "{chars}"
 {extra}"#,
@@ -201,8 +207,8 @@ fn an_edited_persona_reaches_the_next_prompt() {
 }
 
 /// 50 users × 20 messages in flight while reloads take the shards 2 → 5 → 3 and resize the
-/// memory pool and the LLM admission: every reply comes back complete, exactly once, in
-/// order, and status shows the new sizes.
+/// memory, embedder, history and job-worker pools and the LLM admission: every reply comes
+/// back complete, exactly once, in order, and status shows the new sizes.
 #[test]
 fn reloads_under_load_lose_nothing_and_keep_order() {
     run_actix(|| async {
@@ -220,11 +226,15 @@ fn reloads_under_load_lose_nothing_and_keep_order() {
         let steps = [
             (
                 5,
-                "[runtime]\nshards = 5\n[pools]\nllm_concurrency = 16\nllm_queue = 2000\nmemory = 4\n",
+                "[runtime]\nshards = 5\n[pools]\nllm_concurrency = 16\nllm_queue = 2000\n\
+                 memory = 4\nembedder = 2\nhistory = 3\n",
+                "workers = 3",
             ),
             (
                 12,
-                "[runtime]\nshards = 3\n[pools]\nllm_concurrency = 4\nllm_queue = 2000\nmemory = 1\n",
+                "[runtime]\nshards = 3\n[pools]\nllm_concurrency = 4\nllm_queue = 2000\n\
+                 memory = 1\nembedder = 1\nhistory = 1\n",
+                "workers = 1",
             ),
         ];
         for n in 1..=20u64 {
@@ -242,9 +252,9 @@ fn reloads_under_load_lose_nothing_and_keep_order() {
                     })
                     .unwrap();
             }
-            for (at, extra) in steps {
+            for (at, extra, jobs) in steps {
                 if n == at {
-                    bot.write_config(extra);
+                    bot.write_config_jobs(extra, jobs);
                     let outcome = app.reload(&bot.overrides()).await;
                     assert!(outcome.applied, "{outcome}");
                 }
@@ -283,6 +293,14 @@ fn reloads_under_load_lose_nothing_and_keep_order() {
             .find(|p| p.name.starts_with("MemoryActor"))
             .expect("the memory pool in status");
         assert_eq!(memory.size, 1);
+        for kind in ["EmbedderActor", "history", "JobWorker"] {
+            let pool = status
+                .pools
+                .iter()
+                .find(|p| p.name.starts_with(kind))
+                .unwrap_or_else(|| panic!("{kind} in status: {:?}", status.pools));
+            assert_eq!(pool.size, 1, "{kind}");
+        }
         assert_eq!(status.config_generation, 3);
         app.shutdown().await;
     });

@@ -11,11 +11,18 @@ use super::JobSystem;
 /// One worker: leases and runs jobs one at a time, forever.
 pub struct JobWorker {
     system: Arc<JobSystem>,
+    /// Set to retire the worker (`jobs.workers` shrank): it finishes the job it runs, then
+    /// stops instead of leasing another.
+    retired: Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl JobWorker {
     pub fn new(system: Arc<JobSystem>) -> Self {
-        Self { system }
+        Self::retirable(system, Default::default())
+    }
+
+    pub fn retirable(system: Arc<JobSystem>, retired: Arc<std::sync::atomic::AtomicBool>) -> Self {
+        Self { system, retired }
     }
 }
 
@@ -23,10 +30,10 @@ impl Actor for JobWorker {
     type Context = Context<Self>;
 
     fn started(&mut self, ctx: &mut Self::Context) {
-        let system = self.system.clone();
+        let (system, retired) = (self.system.clone(), self.retired.clone());
         ctx.spawn(
             async move {
-                loop {
+                while !retired.load(std::sync::atomic::Ordering::Acquire) {
                     // A panic outside a job's own handler (which `run_one` already catches)
                     // must not end the worker: it is counted and the loop goes on.
                     let ran = std::panic::AssertUnwindSafe(system.run_one())
@@ -46,7 +53,11 @@ impl Actor for JobWorker {
                     }
                 }
             }
-            .into_actor(self),
+            .into_actor(self)
+            .map(|(), _, ctx: &mut Context<Self>| {
+                info!("job worker retired");
+                ctx.stop();
+            }),
         );
         info!("job worker started");
     }

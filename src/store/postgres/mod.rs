@@ -80,6 +80,12 @@ fn unavailable(e: impl std::fmt::Display) -> StoreError {
 }
 
 impl PgHistory {
+    /// A new connection limit: more connections open on demand; extra idle ones close.
+    pub fn resize(&self, connections: usize) {
+        self.pool.resize(connections.max(1));
+        self.stats.size.set(connections.max(1) as u64);
+    }
+
     /// Connects (waiting up to `wait` for the server), then applies pending migrations.
     pub async fn connect(url: &str, pool_size: usize, wait: Duration) -> Result<Self, PgOpenError> {
         let config: tokio_postgres::Config = url.parse().map_err(|source| PgOpenError::Url {

@@ -152,8 +152,10 @@ impl Handler<RecordTurn> for Worker {
 
 /// The async face of the worker pool.
 pub struct SqliteHistory {
-    workers: Addr<Worker>,
+    /// Swapped whole by [`SqliteHistory::resize`]: the old threads finish their queue.
+    workers: whisper_actors::live::Live<Addr<Worker>>,
     stats: Arc<PoolStats>,
+    db_path: PathBuf,
 }
 
 impl SqliteHistory {
@@ -162,10 +164,25 @@ impl SqliteHistory {
     pub fn start(db_path: PathBuf, threads: usize) -> Self {
         let stats = Arc::new(PoolStats::default());
         stats.size.set(threads as u64);
-        let workers = SyncArbiter::start(threads, move || Worker {
+        Self {
+            workers: whisper_actors::live::Live::new(Self::threads(&db_path, threads)),
+            stats,
+            db_path,
+        }
+    }
+
+    fn threads(db_path: &std::path::Path, threads: usize) -> Addr<Worker> {
+        let db_path = db_path.to_owned();
+        SyncArbiter::start(threads.max(1), move || Worker {
             conn: LazyConnection::new(STORE, db_path.clone()),
-        });
-        Self { workers, stats }
+        })
+    }
+
+    /// Serves from `threads` new worker threads; the old ones answer what they hold and exit
+    /// once their last request is answered (a SyncArbiter ends with its last address).
+    pub fn resize(&self, threads: usize) {
+        self.workers.set(Self::threads(&self.db_path, threads));
+        self.stats.size.set(threads.max(1) as u64);
     }
 
     pub fn stats(&self) -> Arc<PoolStats> {
@@ -182,7 +199,7 @@ impl HistoryStore for SqliteHistory {
         limit: usize,
     ) -> Result<Vec<Turn>, StoreError> {
         call_pool(
-            &self.workers,
+            &self.workers.get(),
             &self.stats,
             STORE,
             RecentTurns {
@@ -196,7 +213,7 @@ impl HistoryStore for SqliteHistory {
 
     async fn profile(&self, user: &str) -> Result<Option<Profile>, StoreError> {
         call_pool(
-            &self.workers,
+            &self.workers.get(),
             &self.stats,
             STORE,
             GetProfile {
@@ -208,7 +225,7 @@ impl HistoryStore for SqliteHistory {
 
     async fn record_turn(&self, turn: &Turn, display_name: &str) -> Result<(), StoreError> {
         call_pool(
-            &self.workers,
+            &self.workers.get(),
             &self.stats,
             STORE,
             RecordTurn {
@@ -221,7 +238,7 @@ impl HistoryStore for SqliteHistory {
 
     async fn forget_user(&self, user: &str) -> Result<(u64, u64), StoreError> {
         call_pool(
-            &self.workers,
+            &self.workers.get(),
             &self.stats,
             STORE,
             ForgetUser(user.to_owned()),
