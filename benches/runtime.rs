@@ -7,6 +7,8 @@
 //!   instant OpenAI-compatible server on loopback.
 //! - `load`: 10,000 users send 5 messages each, all at once: messages per second and peak RSS.
 //! - `idle`: 100,000 conversation actors left idle: resident memory.
+//! - `reshard`: 1,000 users in a closed loop while the ring goes from 2 to 4 shards: messages
+//!   per second and p99 reply latency before, during and after, and conversations moved.
 
 #[path = "../tests/support/mod.rs"]
 mod support;
@@ -419,6 +421,107 @@ fn context() {
     });
 }
 
+/// Closed-loop load (each user's next message when its reply arrives) while the runtime
+/// re-shards 2 → 4: throughput and p99 in the second before, the second from the resize on,
+/// and the second after it settled.
+fn reshard() {
+    run_actix(|| async {
+        let dir = tempfile::tempdir().unwrap();
+        let mut s = settings(dir.path(), "http://127.0.0.1:9/v1");
+        s.embedding.enabled = false;
+        s.facts.extract = false;
+        s.runtime.shards = 2;
+        s.pools.llm_concurrency = 64;
+        s.pools.llm_queue = 20_000;
+        s.runtime.max_conversations_per_shard = 20_000;
+        let app = start(s, instant()).await;
+        let (sink, mut updates) = ChannelSink::start();
+        let users = 1_000usize;
+        let keys: Vec<ConversationKey> = (0..users)
+            .map(|u| ConversationKey::new("aria", format!("reshard:{u}")))
+            .collect();
+        let mut sent_at: HashMap<ConversationKey, (u64, Instant)> = HashMap::new();
+        for key in &keys {
+            app.router().route(message(key, 1, &sink)).unwrap();
+            sent_at.insert(key.clone(), (1, Instant::now()));
+        }
+        let warmup = Duration::from_secs(2);
+        let phase = Duration::from_secs(1);
+        let settled: std::cell::Cell<Option<Instant>> = std::cell::Cell::new(None);
+        let resizing = async {
+            tokio::time::sleep(warmup + phase).await;
+            let at = Instant::now();
+            let report = app.runtime().resize_shards(4).await;
+            app.runtime().resize_settled().await;
+            settled.set(Some(Instant::now()));
+            (report, at)
+        };
+        let driving = async {
+            // (finished at, latency) of every reply.
+            let mut replies: Vec<(Instant, Duration)> = Vec::new();
+            loop {
+                let update = updates.recv().await.unwrap();
+                if !update.is_final() {
+                    continue;
+                }
+                assert!(
+                    matches!(update.status, whisper_actors::ReplyStatus::Done(_)),
+                    "{update:?}"
+                );
+                let now = Instant::now();
+                let (n, at) = sent_at[&update.key];
+                replies.push((now, now - at));
+                if settled.get().is_some_and(|s| now - s >= phase) {
+                    return replies;
+                }
+                app.router()
+                    .route(message(&update.key, n + 1, &sink))
+                    .unwrap();
+                sent_at.insert(update.key.clone(), (n + 1, Instant::now()));
+            }
+        };
+        let ((report, resized_at), replies) = futures::future::join(resizing, driving).await;
+        let settled_at = settled.get().unwrap();
+        let window = |from: Instant, to: Instant| {
+            let mut hist = Histogram::<u64>::new(3).unwrap();
+            for (at, latency) in &replies {
+                if *at >= from && *at < to {
+                    hist.record(latency.as_micros() as u64).unwrap();
+                }
+            }
+            let secs = (to - from).as_secs_f64();
+            (
+                hist.len() as f64 / secs,
+                hist.value_at_quantile(0.99) as f64 / 1e3,
+                secs,
+            )
+        };
+        for (label, (rate, p99, secs)) in [
+            ("before (2 shards)", window(resized_at - phase, resized_at)),
+            (
+                "during (2 -> 4, until the hand-over settled)",
+                window(
+                    resized_at,
+                    settled_at.max(resized_at + Duration::from_millis(1)),
+                ),
+            ),
+            ("after (4 shards)", window(settled_at, settled_at + phase)),
+        ] {
+            println!("reshard {label}: {rate:.0} messages/s, p99 {p99:.2} ms over {secs:.2} s");
+        }
+        println!(
+            "reshard: {} users, {} live conversations, {} moved ({:.0}%; the ring moves about 50% from 2 to 4), hand-over settled in {:.0} ms",
+            users,
+            report.live,
+            report.moved,
+            100.0 * report.moved as f64 / report.live.max(1) as f64,
+            (settled_at - resized_at).as_secs_f64() * 1e3
+        );
+        drop(updates);
+        app.shutdown().await;
+    });
+}
+
 /// The planted-fact conversations (`tests/data/recall`) through the real pipeline: what reaches
 /// the prompt from memory alone (`facts.extract` off) and with facts, on the embedded store
 /// and on the server stores that run here (PostgreSQL history, a Bolt graph, Redis jobs).
@@ -457,11 +560,12 @@ fn main() {
         Some("idle") => idle(),
         Some("classifier") => classifier(),
         Some("search") => search(),
+        Some("reshard") => reshard(),
         Some("memory") => memory(),
         Some("context") => context(),
         Some(other) => {
             panic!(
-                "unknown scenario {other:?}: overhead, load, idle, classifier, search, memory or context"
+                "unknown scenario {other:?}: overhead, load, idle, classifier, search, memory, reshard or context"
             )
         }
         None => {
@@ -473,6 +577,7 @@ fn main() {
                 "classifier",
                 "search",
                 "memory",
+                "reshard",
                 "context",
             ] {
                 let status = Command::new(&exe).arg(scenario).status().unwrap();
