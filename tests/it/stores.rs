@@ -473,8 +473,41 @@ async fn facts_contract(backend: Arc<dyn whisper_actors::graph::FactStore>) {
         ]
     );
 
+    // The closed facts, each with when it was closed: what recall marks memories against.
+    let mut corrected: Vec<(String, Option<i64>)> = store
+        .corrected("u:a")
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|f| {
+            (
+                format!("{} {} {}", f.subject, f.predicate, f.object),
+                f.valid_to_ms,
+            )
+        })
+        .collect();
+    corrected.sort();
+    assert!(
+        corrected.contains(&("user favourite_food bibimbap".to_owned(), Some(3_100))),
+        "{corrected:?}"
+    );
+    assert!(
+        corrected.contains(&("user likes jazz".to_owned(), Some(3_300))),
+        "{corrected:?}"
+    );
+    assert!(
+        store
+            .corrected("u:b")
+            .await
+            .unwrap()
+            .iter()
+            .all(|f| f.object != "bibimbap"),
+        "another user's corrections are not theirs"
+    );
+
     // Forget counts every fact of the user, closed ones included, and nobody else's.
     assert_eq!(store.forget_user("u:a").await.unwrap(), 8);
+    assert!(store.corrected("u:a").await.unwrap().is_empty());
     assert!(store.current("u:a").await.unwrap().is_empty());
     assert_eq!(store.current("u:b").await.unwrap().len(), 1);
 }
