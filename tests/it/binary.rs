@@ -317,3 +317,87 @@ async fn piped_chat_prints_only_replies_with_qdrant() {
     .await;
     crate::support::qdrant::drop_prefix(&url, &prefix).await;
 }
+
+/// `whisperengine reload` against a running chat: it signals the process, prints what changed
+/// (applied, or needing a restart), exits 0, and `status` shows the new generation; a broken
+/// file is refused before the process is signalled, naming the key.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_reload_command_applies_a_change_to_the_running_bot() {
+    let llm = ScriptedLlm::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("bot.toml");
+    let write = |shards: u32, extra: &str| {
+        std::fs::write(
+            &config,
+            format!(
+                "[runtime]\nshards = {shards}\nstatus_interval = \"100ms\"\n[llm]\nbase_url = \"{}\"\nmodel = \"scripted\"\n{extra}",
+                llm.base_url()
+            ),
+        )
+        .unwrap();
+    };
+    write(2, "");
+    let data = dir.path().join("data");
+    let with_config = |cmd: &mut Command| {
+        cmd.arg("--config").arg(&config);
+    };
+    let mut bot = command(&data);
+    with_config(&mut bot);
+    let mut child = bot.args(["chat", "--user", "tester"]).spawn().unwrap();
+    let mut stdin = child.stdin.take().unwrap();
+    stdin.write_all(b"hello\n").await.unwrap();
+    let status_file = data.join("status.json");
+    for _ in 0..300 {
+        if status_file.exists() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(status_file.exists(), "the bot reports its status");
+
+    write(3, "[metrics]\naddress = \"127.0.0.1:0\"\n");
+    let mut reload = command(&data);
+    with_config(&mut reload);
+    let out = reload.arg("reload").output().await.unwrap();
+    let stdout = text(&out.stdout);
+    assert!(out.status.success(), "{stdout}{}", text(&out.stderr));
+    assert!(
+        stdout.contains("runtime.shards: 2 -> 3 (applied)"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("metrics.address") && stdout.contains("needs a restart"),
+        "{stdout}"
+    );
+
+    let mut shown = String::new();
+    for _ in 0..100 {
+        let mut status = command(&data);
+        with_config(&mut status);
+        shown = text(&status.arg("status").output().await.unwrap().stdout);
+        if shown.contains("configuration: generation 2") && shown.contains("shards: 3") {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(shown.contains("configuration: generation 2"), "{shown}");
+    assert!(shown.contains("shards: 3"), "{shown}");
+
+    std::fs::write(&config, "[runtime]\nshards = \"many\"\n").unwrap();
+    let mut reload = command(&data);
+    with_config(&mut reload);
+    let out = reload.arg("reload").output().await.unwrap();
+    let stdout = text(&out.stdout);
+    assert!(!out.status.success());
+    assert!(
+        stdout.contains("runtime.shards") && stdout.contains("nothing changed"),
+        "{stdout}"
+    );
+
+    drop(stdin);
+    let done = tokio::time::timeout(Duration::from_secs(30), child.wait_with_output())
+        .await
+        .expect("chat ends with its input")
+        .unwrap();
+    assert!(done.status.success(), "{}", text(&done.stderr));
+}
