@@ -32,6 +32,7 @@ usage: ./bot.sh <command> [args...]
                     what changed (the same as SIGHUP); prints what changed and what needs a
                     restart
   bench [scenario]  run the benchmarks: overhead, load, idle, classifier, search, memory,
+                    reshard,
                     context (default: all); "memory --server" replays the recall set on the
                     server stores that run here
   backup [DIR]      back up every store in use (default backups/<UTC time>): JSON lines,
@@ -276,7 +277,7 @@ cmd_bench() {
   provision_embeddings
   if [[ " $* " == *" --server "* ]]; then provision_arcadedb; fi
   cd "$ROOT"
-  log "running benchmarks (release build; scenarios: overhead, load, idle, classifier, search, memory, context)"
+  log "running benchmarks (release build; scenarios: overhead, load, idle, classifier, search, memory, reshard, context)"
   exec cargo bench --locked --bench runtime -- "$@"
 }
 
