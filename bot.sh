@@ -32,8 +32,7 @@ usage: ./bot.sh <command> [args...]
                     what changed (the same as SIGHUP); prints what changed and what needs a
                     restart
   bench [scenario]  run the benchmarks: overhead, load, idle, classifier, search, memory,
-                    reshard,
-                    context (default: all); "memory --server" replays the recall set on the
+                    reshard, context (default: all); "memory --server" replays the recall set on the
                     server stores that run here
   backup [DIR]      back up every store in use (default backups/<UTC time>): JSON lines,
                     a manifest with row counts and SHA-256 per file (stop the bot first)
