@@ -196,6 +196,15 @@ impl EventHandler for Bot {
             received_at: Instant::now(),
             reply_to: self.outbound.clone().recipient(),
         });
+        if let Err(whisper_actors::RouteError::UnknownCharacter(character)) = &routed {
+            // A reload removed its character file; the bot stays connected (its token needs a
+            // restart to change) and stops answering.
+            warn!(
+                character,
+                "a message for a character no longer in characters.dir: not answered (restart to disconnect its bot)"
+            );
+            return;
+        }
         if let Err(error) = routed {
             warn!(%error, "could not route a Discord message");
             self.outbound.do_send(ReplyUpdate {
