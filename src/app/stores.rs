@@ -139,6 +139,17 @@ pub(super) async fn memory_store(
                 .context("opening the vector memory (storage.memory = \"qdrant\")")?;
             (Arc::new(store), Arc::new(Default::default()))
         }
+        MemoryBackend::Postgres => {
+            let store = crate::store::postgres::memory::PgMemory::connect(
+                s.postgres_url.expose(),
+                settings.pools.postgres,
+                s.connect_timeout,
+            )
+            .await
+            .context("opening the vector memory (storage.memory = \"postgres\", needs pgvector)")?;
+            let stats = store.stats();
+            (Arc::new(store), stats)
+        }
     })
 }
 

@@ -74,14 +74,72 @@ pub struct Manifest {
 
 type Row = Map<String, Value>;
 
-/// Qdrant, when vector memories live there.
-async fn qdrant_target(settings: &Settings) -> anyhow::Result<Option<QdrantMemory>> {
+/// Where vector memories live, when not in the embedded database.
+enum MemoryTarget {
+    Qdrant(QdrantMemory),
+    Postgres(crate::store::postgres::memory::PgMemory),
+}
+
+impl MemoryTarget {
+    async fn export_rows(&self) -> anyhow::Result<Vec<Row>> {
+        match self {
+            MemoryTarget::Qdrant(q) => q.export_rows().await,
+            MemoryTarget::Postgres(pg) => pg.export_rows().await,
+        }
+    }
+
+    async fn import_rows(&self, rows: &[Row]) -> anyhow::Result<()> {
+        match self {
+            MemoryTarget::Qdrant(q) => q.import_rows(rows).await,
+            MemoryTarget::Postgres(pg) => pg.import_rows(rows).await,
+        }
+    }
+}
+
+async fn memory_target(settings: &Settings) -> anyhow::Result<Option<MemoryTarget>> {
     let s = &settings.storage;
     Ok(match s.memory {
         MemoryBackend::Sqlite => None,
-        MemoryBackend::Qdrant => {
-            Some(QdrantMemory::from_storage(s, settings.character_ids()?).await?)
-        }
+        MemoryBackend::Qdrant => Some(MemoryTarget::Qdrant(
+            QdrantMemory::from_storage(s, settings.character_ids()?).await?,
+        )),
+        MemoryBackend::Postgres => Some(MemoryTarget::Postgres(
+            crate::store::postgres::memory::PgMemory::connect(
+                s.postgres_url.expose(),
+                1,
+                s.connect_timeout,
+            )
+            .await?,
+        )),
+    })
+}
+
+/// A `memories.jsonl` row as a memory chunk (vector in base64, f32 little-endian).
+pub(crate) fn chunk_from_row(row: &Row) -> anyhow::Result<whisper_actors::memory::MemoryChunk> {
+    use base64::Engine as _;
+    let text = |k: &str| row.get(k).and_then(|v| v.as_str()).unwrap_or_default();
+    let bytes = base64::engine::general_purpose::STANDARD.decode(text("vector"))?;
+    let vector: Vec<f32> = bytes
+        .chunks_exact(4)
+        .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+        .collect();
+    Ok(whisper_actors::memory::MemoryChunk {
+        key: whisper_actors::ConversationKey::new(text("character"), text("user_id")),
+        scope: text("scope").parse().map_err(|e| anyhow::anyhow!("{e}"))?,
+        kind: whisper_actors::memory::MemoryKind::parse(text("kind"))
+            .ok_or_else(|| anyhow::anyhow!("unknown memory kind {}", text("kind")))?,
+        group: text("grp").to_owned(),
+        chunk: row.get("chunk").and_then(|v| v.as_u64()).unwrap_or(0) as u32,
+        text: text("text").to_owned(),
+        importance: row
+            .get("importance")
+            .and_then(|v| v.as_f64())
+            .unwrap_or(0.0) as f32,
+        created_at_ms: row
+            .get("created_at_ms")
+            .and_then(|v| v.as_i64())
+            .unwrap_or(0),
+        vector: vector.into(),
     })
 }
 
@@ -149,7 +207,7 @@ pub async fn backup(
     let db = sqlite::prepare(&settings.storage.data_dir)?;
     let history = history_target(settings).await?;
     let facts = facts_target(settings).await?;
-    let qdrant = qdrant_target(settings).await?;
+    let memory = memory_target(settings).await?;
     let mut files = Vec::new();
     for section in &SECTIONS {
         let mut rows = Vec::new();
@@ -159,9 +217,9 @@ pub async fn backup(
                     rows.extend(pg.export_rows(table.name, table.columns).await?)
                 }
                 (_, FactsTarget::Neo4j(graph), "facts") => rows.extend(graph.export_rows().await?),
-                (_, _, "memories") if qdrant.is_some() => {
-                    if let Some(q) = &qdrant {
-                        rows.extend(q.export_rows().await?)
+                (_, _, "memories") if memory.is_some() => {
+                    if let Some(m) = &memory {
+                        rows.extend(m.export_rows().await?)
                     }
                 }
                 _ => export_sqlite(&db, table, &mut rows)?,
@@ -199,6 +257,7 @@ pub async fn backup(
             match settings.storage.memory {
                 MemoryBackend::Sqlite => "sqlite",
                 MemoryBackend::Qdrant => "qdrant",
+                MemoryBackend::Postgres => "postgres",
             }
             .to_owned(),
         ),
@@ -288,12 +347,12 @@ pub async fn restore(
     let db = sqlite::prepare(&settings.storage.data_dir)?;
     let history = history_target(settings).await?;
     let facts = facts_target(settings).await?;
-    let qdrant = qdrant_target(settings).await?;
+    let memory = memory_target(settings).await?;
     for (section, rows) in &parsed {
         match (&history, &facts, section.file) {
-            (_, _, "memories.jsonl") if qdrant.is_some() => {
-                if let Some(q) = &qdrant {
-                    q.import_rows(rows).await?
+            (_, _, "memories.jsonl") if memory.is_some() => {
+                if let Some(m) = &memory {
+                    m.import_rows(rows).await?
                 }
             }
             (_, FactsTarget::Neo4j(graph), "facts.jsonl") => graph.import_rows(rows).await?,

@@ -281,6 +281,8 @@ pub struct StorageSection {
 pub enum MemoryBackend {
     Sqlite,
     Qdrant,
+    /// PostgreSQL with pgvector at `storage.postgres_url`.
+    Postgres,
 }
 
 /// Where the fact graph lives.

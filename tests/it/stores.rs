@@ -765,6 +765,21 @@ fn the_sqlite_memory_store_meets_the_contract() {
     });
 }
 
+#[test]
+fn the_postgres_memory_store_meets_the_contract_with_pgvector() {
+    run_actix(|| async {
+        let server = crate::support::pgvector::PgVector::start().await;
+        let store = whisperengine::store::postgres::memory::PgMemory::connect(
+            &server.url("whisper"),
+            2,
+            Duration::from_secs(10),
+        )
+        .await
+        .expect("pgvector store opens");
+        memory_contract(Arc::new(store)).await;
+    });
+}
+
 /// Only where a Qdrant server is reachable (`QDRANT_URL`, gRPC, e.g. http://127.0.0.1:6334):
 /// none can run on the development machines.
 #[test]

@@ -7,6 +7,7 @@ pub mod app;
 pub mod arcadedb;
 pub mod discord;
 pub mod openai_server;
+pub mod pgvector;
 pub mod proxy;
 pub mod qdrant;
 pub mod recall;

@@ -464,26 +464,27 @@ pub fn report(label: &str, s: &Scores) {
 
 /// What the server stores that run here need to stay up (and be cleaned up) for a run.
 pub struct ServerStores {
-    _schema: super::servers::PgSchema,
+    _postgres: super::pgvector::PgVector,
     _prefix: super::servers::RedisPrefix,
     _graph: super::arcadedb::ArcadeDb,
 }
 
-/// Points `s` at the server stores this machine runs: history in PostgreSQL (a schema of its
-/// own), jobs on Redis Streams, facts on a Bolt graph server. Vector memories stay in SQLite:
-/// Qdrant does not run here.
+/// Points `s` at the server stores this machine runs: history and vector memories in
+/// PostgreSQL with pgvector (a server of its own), jobs on Redis Streams, facts on a Bolt
+/// graph server.
 pub async fn server_stores(s: &mut Settings) -> ServerStores {
-    use whisperengine::config::{HistoryBackend, JobsBackend};
-    let schema = super::servers::PgSchema::create().await;
+    use whisperengine::config::{HistoryBackend, JobsBackend, MemoryBackend};
+    let postgres = super::pgvector::PgVector::start().await;
     let prefix = super::servers::RedisPrefix::new();
     let graph = super::arcadedb::ArcadeDb::start().await;
     s.storage.history = HistoryBackend::Postgres;
-    s.storage.postgres_url = schema.url().into();
+    s.storage.memory = MemoryBackend::Postgres;
+    s.storage.postgres_url = postgres.url("whisper").into();
     s.storage.jobs = JobsBackend::Redis;
     s.storage.redis_prefix = prefix.0.clone();
     graph.configure(s);
     ServerStores {
-        _schema: schema,
+        _postgres: postgres,
         _prefix: prefix,
         _graph: graph,
     }

@@ -4,6 +4,8 @@
 //! Migrations are versioned SQL applied at startup under an advisory lock, so several bot
 //! processes starting at once migrate exactly once.
 
+pub mod memory;
+
 use std::sync::Arc;
 use std::time::Duration;
 
