@@ -76,7 +76,7 @@ type Row = Map<String, Value>;
 
 /// Where vector memories live, when not in the embedded database.
 enum MemoryTarget {
-    Qdrant(QdrantMemory),
+    Qdrant(Box<QdrantMemory>),
     Postgres(crate::store::postgres::memory::PgMemory),
 }
 
@@ -100,9 +100,9 @@ async fn memory_target(settings: &Settings) -> anyhow::Result<Option<MemoryTarge
     let s = &settings.storage;
     Ok(match s.memory {
         MemoryBackend::Sqlite => None,
-        MemoryBackend::Qdrant => Some(MemoryTarget::Qdrant(
+        MemoryBackend::Qdrant => Some(MemoryTarget::Qdrant(Box::new(
             QdrantMemory::from_storage(s, settings.character_ids()?).await?,
-        )),
+        ))),
         MemoryBackend::Postgres => Some(MemoryTarget::Postgres(
             crate::store::postgres::memory::PgMemory::connect(
                 s.postgres_url.expose(),
