@@ -211,3 +211,33 @@ fn memories_move_into_qdrant_and_back_where_qdrant_runs() {
         crate::support::qdrant::drop_prefix(&url, &server.storage.qdrant_prefix).await;
     });
 }
+
+/// Memories (and history) move into PostgreSQL with pgvector and back unchanged: the same
+/// answers from the embedded default, from PostgreSQL, and from the embedded default again.
+#[test]
+fn memories_move_into_pgvector_and_back() {
+    run_actix(|| async {
+        let llm = ScriptedLlm::start().await;
+        let original = tempfile::tempdir().unwrap();
+        let s = populate(original.path(), &llm).await;
+        let before = answers(&s).await;
+        let backups = tempfile::tempdir().unwrap();
+        let first = backups.path().join("first");
+        backup::backup(&s, &first, |_| {}).await.unwrap();
+        let postgres = crate::support::pgvector::PgVector::start().await;
+        let elsewhere = tempfile::tempdir().unwrap();
+        let mut server = with_data_dir(&s, elsewhere.path());
+        server.storage.memory = whisperengine::config::MemoryBackend::Postgres;
+        server.storage.history = HistoryBackend::Postgres;
+        server.storage.postgres_url = postgres.url("whisper").into();
+        backup::restore(&server, &first, |_| {}).await.unwrap();
+        assert_eq!(answers(&server).await, before);
+        let second = backups.path().join("second");
+        let manifest = backup::backup(&server, &second, |_| {}).await.unwrap();
+        assert_eq!(manifest.backends["memories"], "postgres");
+        let again = tempfile::tempdir().unwrap();
+        let back = with_data_dir(&s, again.path());
+        backup::restore(&back, &second, |_| {}).await.unwrap();
+        assert_eq!(answers(&back).await, before);
+    });
+}
