@@ -4,6 +4,7 @@
 pub mod app;
 pub mod backup;
 pub mod classifier;
+pub mod cluster;
 pub mod config;
 pub mod embed;
 pub mod llm;

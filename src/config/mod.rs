@@ -43,6 +43,7 @@ pub struct Settings {
     pub discord: DiscordSection,
     pub limits: LimitsSection,
     pub metrics: MetricsSection,
+    pub cluster: ClusterSection,
     pub storage: StorageSection,
     pub characters: CharactersSection,
     pub logging: LoggingSection,
@@ -174,6 +175,7 @@ fn validate(loaded: &Loaded) -> Result<(), ConfigError> {
             return Err(loaded.invalid(key, "a number from 0 to 1"));
         }
     }
+    cluster_rules(loaded)?;
     if !(s.memory.fusion_k >= 0.0 && s.memory.fusion_k <= 1000.0) {
         return Err(loaded.invalid("memory.fusion_k", "a number from 0 to 1000"));
     }
@@ -239,4 +241,57 @@ pub fn cache_dir() -> PathBuf {
         .map(PathBuf::from)
         .unwrap_or_else(|| PathBuf::from("."));
     home.join(".cache").join("whisperengine")
+}
+
+/// Cluster mode runs across processes: every store must be a server every process reaches
+/// (the embedded SQLite belongs to one process), and the partition count must be sane.
+fn cluster_rules(loaded: &Loaded) -> Result<(), ConfigError> {
+    let s = &loaded.settings;
+    let c = &s.cluster;
+    if !(1..=65_536).contains(&c.partitions) {
+        return Err(loaded.invalid("cluster.partitions", "a number from 1 to 65536"));
+    }
+    if c.standby > 8 {
+        return Err(loaded.invalid("cluster.standby", "at most 8"));
+    }
+    if c.prefetch == 0 {
+        return Err(loaded.invalid("cluster.prefetch", "at least 1"));
+    }
+    if c.role == ClusterRole::All {
+        return Ok(());
+    }
+    let role = format!("{:?}", c.role).to_lowercase();
+    let embedded = [
+        (
+            "storage.history",
+            s.storage.history == HistoryBackend::Sqlite,
+            "\"postgres\"",
+        ),
+        (
+            "storage.memory",
+            s.storage.memory == MemoryBackend::Sqlite,
+            "\"postgres\" or \"qdrant\"",
+        ),
+        (
+            "storage.facts",
+            s.storage.facts == FactsBackend::Sqlite,
+            "\"neo4j\"",
+        ),
+        (
+            "storage.jobs",
+            s.storage.jobs == JobsBackend::Sqlite,
+            "\"redis\"",
+        ),
+    ];
+    for (key, is_embedded, servers) in embedded {
+        if is_embedded {
+            return Err(loaded.invalid(
+                key,
+                &format!(
+                    "a server store ({servers}): cluster.role = \"{role}\" runs across processes, and the embedded SQLite belongs to one"
+                ),
+            ));
+        }
+    }
+    Ok(())
 }

@@ -134,6 +134,35 @@ pub struct LimitsSection {
     pub transports: Vec<String>,
 }
 
+/// What this process does in cluster mode (`all`: everything, one process).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ClusterRole {
+    All,
+    Gateway,
+    Worker,
+    Jobs,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClusterSection {
+    pub role: ClusterRole,
+    /// Empty: hostname:pid.
+    pub node_id: String,
+    pub broker_url: SecretUrl,
+    /// Fixed for the life of a deployment: changing it needs every process stopped.
+    pub partitions: u32,
+    pub standby: u32,
+    pub prefetch: u16,
+    #[serde(with = "humantime_serde")]
+    pub handoff_timeout: Duration,
+    #[serde(with = "humantime_serde")]
+    pub heartbeat: Duration,
+    #[serde(with = "humantime_serde")]
+    pub member_ttl: Duration,
+}
+
 #[derive(Clone, Debug, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct MetricsSection {

@@ -8,6 +8,7 @@ mod backup;
 mod binary;
 mod cancellation;
 mod classifier;
+mod cluster;
 mod context;
 mod discord;
 mod embeddings;
