@@ -19,7 +19,7 @@ fn weight(member: &str, partition: u32) -> u64 {
 
 /// `members` ranked for `partition`, best first (ties cannot happen between distinct names in
 /// practice; they break by name).
-pub fn ranked<'a>(partition: u32, members: &'a [String]) -> Vec<&'a str> {
+pub fn ranked(partition: u32, members: &[String]) -> Vec<&str> {
     let mut ranked: Vec<&str> = members.iter().map(String::as_str).collect();
     ranked.sort_by(|a, b| {
         weight(b, partition)
