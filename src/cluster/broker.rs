@@ -196,6 +196,85 @@ impl Broker {
         })
     }
 
+    /// Declares a gateway's reply queue (durable: replies published while it restarts wait).
+    pub async fn declare_queue(&self, name: &str) -> Result<(), BrokerError> {
+        self.publish
+            .queue_declare(
+                name.into(),
+                QueueDeclareOptions {
+                    durable: true,
+                    ..QueueDeclareOptions::default()
+                },
+                FieldTable::default(),
+            )
+            .await
+            .map_err(amqp("declare a queue"))?;
+        Ok(())
+    }
+
+    /// Publishes to a named queue (a gateway's replies), persistently, confirmed.
+    pub async fn publish_to(&self, queue: &str, payload: &[u8]) -> Result<(), BrokerError> {
+        let confirm = self
+            .publish
+            .basic_publish(
+                "".into(),
+                queue.into(),
+                BasicPublishOptions::default(),
+                payload,
+                BasicProperties::default().with_delivery_mode(2),
+            )
+            .await
+            .map_err(amqp("publish"))?
+            .await
+            .map_err(amqp("publish"))?;
+        if confirm.is_ack() {
+            Ok(())
+        } else {
+            Err(BrokerError::Nacked(u32::MAX))
+        }
+    }
+
+    /// Consumes a named queue (a gateway's replies).
+    pub async fn consume_queue(
+        &self,
+        queue: &str,
+        prefetch: u16,
+        tag: &str,
+    ) -> Result<PartitionConsumer, BrokerError> {
+        let channel = self
+            .connection
+            .create_channel()
+            .await
+            .map_err(amqp("open a channel"))?;
+        channel
+            .basic_qos(prefetch, BasicQosOptions::default())
+            .await
+            .map_err(amqp("set the prefetch"))?;
+        let consumer = channel
+            .basic_consume(
+                queue.into(),
+                tag.into(),
+                BasicConsumeOptions::default(),
+                FieldTable::default(),
+            )
+            .await
+            .map_err(amqp("consume"))?;
+        Ok(PartitionConsumer {
+            partition: u32::MAX,
+            channel,
+            consumer,
+        })
+    }
+
+    /// Deletes a named queue (tests and teardown only).
+    pub async fn delete_queue(&self, name: &str) -> Result<(), BrokerError> {
+        self.publish
+            .queue_delete(name.into(), QueueDeleteOptions::default())
+            .await
+            .map_err(amqp("delete a queue"))?;
+        Ok(())
+    }
+
     /// Deletes the partition queues (tests and teardown only).
     pub async fn delete_partitions(&self, partitions: u32) -> Result<(), BrokerError> {
         for p in 0..partitions {

@@ -9,6 +9,8 @@ pub mod broker;
 pub mod membership;
 pub mod partition;
 pub mod placement;
+pub mod wire;
+pub mod worker;
 
 /// This process's member name: `cluster.node_id`, or hostname:pid.
 pub fn node_id(configured: &str) -> String {

@@ -128,3 +128,181 @@ fn cluster_mode_refuses_an_embedded_store() {
     assert!(text.contains("storage.history"), "{text}");
     assert!(text.contains("server store"), "{text}");
 }
+
+/// A worker app on the server stores this machine runs (cluster mode refuses embedded ones).
+async fn worker_app(
+    postgres: &crate::support::pgvector::PgVector,
+    llm: &crate::support::openai_server::ScriptedLlm,
+    redis_prefix: &str,
+    graph: &crate::support::arcadedb::ArcadeDb,
+) -> (whisperengine::app::App, tempfile::TempDir) {
+    use whisperengine::config::{ClusterRole, HistoryBackend, JobsBackend, MemoryBackend};
+    let dir = tempfile::tempdir().unwrap();
+    let mut s = crate::support::app::settings(dir.path(), &llm.base_url());
+    s.cluster.role = ClusterRole::Worker;
+    s.embedding.enabled = false;
+    s.facts.extract = false;
+    s.storage.history = HistoryBackend::Postgres;
+    s.storage.memory = MemoryBackend::Postgres;
+    s.storage.postgres_url = postgres.url("whisper").into();
+    s.storage.jobs = JobsBackend::Redis;
+    s.storage.redis_prefix = redis_prefix.to_owned();
+    graph.configure(&mut s);
+    let app = crate::support::app::start(s, crate::support::app::extras(vec![])).await;
+    (app, dir)
+}
+
+/// Workers share the partitions: one worker answers everything; a second one joins and takes
+/// its share; the first leaves gracefully and hands its partitions over. Through all of it
+/// every message is answered exactly once, each user's replies come in order, and the
+/// history holds each turn once.
+#[test]
+fn workers_share_partitions_and_hand_them_over_in_order() {
+    use std::collections::HashMap;
+    use whisperengine::cluster::partition::partition_of;
+    use whisperengine::cluster::wire::{Inbound, Outbound, OutboundState};
+    crate::support::app::run_actix(|| async {
+        let llm = crate::support::openai_server::ScriptedLlm::start().await;
+        let postgres = crate::support::pgvector::PgVector::start().await;
+        let graph = crate::support::arcadedb::ArcadeDb::start().await;
+        let redis = RedisPrefix::new();
+        let prefix = prefix();
+        let pool = whisperengine::store::redis::jobs::pool(
+            "redis://127.0.0.1:6379",
+            2,
+            Duration::from_secs(5),
+        )
+        .await
+        .unwrap();
+        let mut cluster =
+            crate::support::app::settings(std::path::Path::new("/tmp"), "http://x").cluster;
+        cluster.partitions = 8;
+        cluster.standby = 1;
+        cluster.handoff_timeout = Duration::from_secs(5);
+        let start_worker = |app: &whisperengine::app::App, node: &str| {
+            let membership = Membership::new(pool.clone(), &redis.0, node, Duration::from_secs(3));
+            whisperengine::cluster::worker::start(
+                app.router(),
+                &cluster,
+                membership,
+                node.to_owned(),
+                &prefix,
+            )
+        };
+        let (app1, _d1) = worker_app(&postgres, &llm, &redis.0, &graph).await;
+        let mut w1 = Some(start_worker(&app1, "w1").await.unwrap());
+        let mut second = None;
+
+        let gateway = Broker::connect(BROKER, Duration::from_secs(10), &prefix)
+            .await
+            .unwrap();
+        gateway.declare_partitions(8).await.unwrap();
+        let replies = format!("{prefix}.replies.gw1");
+        gateway.declare_queue(&replies).await.unwrap();
+        let mut inbox = gateway.consume_queue(&replies, 64, "gw1").await.unwrap();
+        let users: Vec<String> = (0..20).map(|u| format!("test:cluster{u}")).collect();
+        let mut next_id = 0u64;
+        let mut finals: HashMap<String, Vec<u64>> = HashMap::new();
+        let mut round = |n: usize| {
+            let mut out = Vec::new();
+            for _ in 0..n {
+                for user in &users {
+                    next_id += 1;
+                    out.push(Inbound {
+                        character: "aria".into(),
+                        user: user.clone(),
+                        scope: "dm".into(),
+                        channel: None,
+                        display_name: "tester".into(),
+                        text: format!("message {next_id}"),
+                        message_id: next_id,
+                        reply_to: replies.clone(),
+                    });
+                }
+            }
+            out
+        };
+        let mut expected = 0usize;
+        for (phase, messages) in [(1, round(3)), (2, round(3)), (3, round(3))] {
+            if phase == 2 {
+                // A second worker joins and takes its share.
+                let (app2, d2) = worker_app(&postgres, &llm, &redis.0, &graph).await;
+                let w2 = start_worker(&app2, "w2").await.unwrap();
+                tokio::time::sleep(Duration::from_millis(3_500)).await;
+                assert!(
+                    !w2.consumed.lock().unwrap().is_empty(),
+                    "the new worker consumes"
+                );
+                second = Some((app2, d2, w2));
+            }
+            if phase == 3 {
+                // The first worker leaves gracefully: its partitions move, nothing is lost.
+                w1.take().unwrap().leave().await;
+            }
+            let answered_by_first = app1.runtime().status().replies;
+            for m in &messages {
+                gateway
+                    .publish(partition_of(&m.user, 8), &serde_json::to_vec(m).unwrap())
+                    .await
+                    .unwrap();
+            }
+            expected += messages.len();
+            let mut got = finals.values().map(Vec::len).sum::<usize>();
+            while got < expected {
+                let d = tokio::time::timeout(Duration::from_secs(30), inbox.next())
+                    .await
+                    .expect("replies within 30 s")
+                    .unwrap();
+                let out: Outbound = serde_json::from_slice(&d.payload).unwrap();
+                d.ack().await.unwrap();
+                if out.is_final() {
+                    assert_eq!(out.state, OutboundState::Done, "{out:?}");
+                    finals
+                        .entry(out.user.clone())
+                        .or_default()
+                        .push(out.message_id);
+                    got += 1;
+                }
+            }
+            let app2 = second.as_ref().map(|(app, _, _)| app);
+            match phase {
+                1 => assert_eq!(app1.runtime().status().replies, 60),
+                2 => assert!(
+                    app2.unwrap().runtime().status().replies > 0,
+                    "the joined worker answers its share"
+                ),
+                _ => assert_eq!(
+                    app1.runtime().status().replies,
+                    answered_by_first,
+                    "nothing reaches the worker that left"
+                ),
+            }
+        }
+        for user in &users {
+            let ids = &finals[user];
+            let mut sorted = ids.clone();
+            sorted.sort();
+            sorted.dedup();
+            assert_eq!(ids, &sorted, "{user}: in order, each once");
+            assert_eq!(ids.len(), 9, "{user}: all answered");
+        }
+        let (client, conn) =
+            tokio_postgres::connect(&postgres.url("whisper"), tokio_postgres::NoTls)
+                .await
+                .unwrap();
+        tokio::spawn(conn);
+        let turns: i64 = client
+            .query_one("SELECT count(*) FROM turns", &[])
+            .await
+            .unwrap()
+            .get(0);
+        assert_eq!(turns, 180, "each turn stored once");
+        gateway.delete_partitions(8).await.unwrap();
+        gateway.delete_queue(&replies).await.unwrap();
+        if let Some((app2, _dir, w2)) = second {
+            w2.leave().await;
+            app2.shutdown().await;
+        }
+        app1.shutdown().await;
+    });
+}
