@@ -212,6 +212,12 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Reload => reload(&cli),
         Command::Run { character, user } => {
             let (settings, _) = load(&cli)?;
+            match settings.cluster.role {
+                whisperengine::config::ClusterRole::Gateway => return discord(&cli),
+                whisperengine::config::ClusterRole::Worker
+                | whisperengine::config::ClusterRole::Jobs => return cluster_member(&cli),
+                whisperengine::config::ClusterRole::All => {}
+            }
             if settings.discord.tokens.is_empty() {
                 chat(&cli, character.clone(), user.clone())
             } else {
@@ -377,4 +383,52 @@ fn reload(cli: &Cli) -> anyhow::Result<ExitCode> {
         std::thread::sleep(std::time::Duration::from_millis(50));
     }
     anyhow::bail!("pid {} did not answer the reload within 60 s", file.pid)
+}
+
+/// A cluster worker (consumes its partitions and answers them) or jobs member (background jobs
+/// only): no transport of its own, until Ctrl-C or SIGTERM; a worker hands its partitions over
+/// before it stops.
+fn cluster_member(cli: &Cli) -> anyhow::Result<ExitCode> {
+    let (settings, characters) = load(cli)?;
+    telemetry::init(&settings.logging, LogTarget::Stderr).context("setting up logging")?;
+    actix_system().block_on(async move {
+        let app = App::start(settings.clone(), characters).await?;
+        let node = whisperengine::cluster::node_id(&settings.cluster.node_id);
+        let worker = if settings.cluster.role == whisperengine::config::ClusterRole::Worker {
+            let pool = whisperengine::store::redis::jobs::pool(
+                settings.storage.redis_url.expose(),
+                settings.pools.redis,
+                settings.storage.connect_timeout,
+            )
+            .await?;
+            let membership = whisperengine::cluster::membership::Membership::new(
+                pool,
+                &settings.storage.redis_prefix,
+                &node,
+                settings.cluster.member_ttl,
+            );
+            Some(
+                whisperengine::cluster::worker::start(
+                    app.router(),
+                    &settings.cluster,
+                    membership,
+                    node.clone(),
+                    &settings.storage.redis_prefix,
+                )
+                .await?,
+            )
+        } else {
+            None
+        };
+        tracing::info!(node, role = ?settings.cluster.role, "cluster member running");
+        tokio::select! {
+            () = whisperengine::transport::wait_for_shutdown() => {}
+            () = reload_on_sighup(&app, overrides(cli)) => {}
+        }
+        if let Some(worker) = worker {
+            worker.leave().await;
+        }
+        app.shutdown().await;
+        Ok(ExitCode::SUCCESS)
+    })
 }

@@ -6,6 +6,7 @@
 //! (one single-active-consumer queue per partition, `broker`); membership only steers.
 
 pub mod broker;
+pub mod gateway;
 pub mod membership;
 pub mod partition;
 pub mod placement;

@@ -306,3 +306,107 @@ fn workers_share_partitions_and_hand_them_over_in_order() {
         app1.shutdown().await;
     });
 }
+
+/// The whole path in cluster mode: a Discord message reaches the gateway (the real serenity
+/// client against the emulator), goes into its user's partition on RabbitMQ, is answered by a
+/// worker, and the reply comes back over the broker to the gateway's DiscordActor, which
+/// writes it to the channel.
+#[test]
+fn a_discord_message_goes_through_the_broker_and_back() {
+    use crate::support::discord::{DiscordEmulator, Incoming};
+    crate::support::app::run_actix(|| async {
+        let llm = crate::support::openai_server::ScriptedLlm::start().await;
+        let postgres = crate::support::pgvector::PgVector::start().await;
+        let graph = crate::support::arcadedb::ArcadeDb::start().await;
+        let redis = RedisPrefix::new();
+        let emu = DiscordEmulator::start().await;
+        let queues = redis.0.clone();
+
+        let (worker_app, _wd) = worker_app(&postgres, &llm, &redis.0, &graph).await;
+        let mut cluster =
+            crate::support::app::settings(std::path::Path::new("/tmp"), "http://x").cluster;
+        cluster.partitions = 4;
+        let pool = whisperengine::store::redis::jobs::pool(
+            "redis://127.0.0.1:6379",
+            2,
+            Duration::from_secs(5),
+        )
+        .await
+        .unwrap();
+        let worker = whisperengine::cluster::worker::start(
+            worker_app.router(),
+            &cluster,
+            Membership::new(pool, &redis.0, "w1", Duration::from_secs(3)),
+            "w1".into(),
+            &queues,
+        )
+        .await
+        .unwrap();
+
+        let gateway_dir = tempfile::tempdir().unwrap();
+        let mut s = crate::support::app::settings(gateway_dir.path(), &llm.base_url());
+        s.cluster = cluster.clone();
+        s.cluster.role = whisperengine::config::ClusterRole::Gateway;
+        s.cluster.node_id = "gw1".into();
+        s.embedding.enabled = false;
+        s.facts.extract = false;
+        s.storage.history = whisperengine::config::HistoryBackend::Postgres;
+        s.storage.memory = whisperengine::config::MemoryBackend::Postgres;
+        s.storage.postgres_url = postgres.url("whisper").into();
+        s.storage.jobs = whisperengine::config::JobsBackend::Redis;
+        s.storage.redis_prefix = redis.0.clone();
+        graph.configure(&mut s);
+        s.discord.api_url = emu.url();
+        s.discord.ratelimiter = false;
+        let bot = emu.add_bot("token-aria", "aria");
+        s.discord.tokens.insert("aria".into(), "token-aria".into());
+        let gateway_app =
+            crate::support::app::start(s.clone(), crate::support::app::extras(vec![])).await;
+        let bots = whisperengine::transport::discord::start(&gateway_app, &s)
+            .await
+            .expect("the gateway's bot starts");
+        emu.wait_connected(1).await;
+
+        let message = emu.post(Incoming {
+            author: 42,
+            author_name: "sam".into(),
+            guild: Some(500),
+            channel: 600,
+            content: format!("<@{bot}> hi over the broker"),
+            mentions: vec![bot],
+            ..Default::default()
+        });
+        let mut answered = false;
+        for _ in 0..400 {
+            if emu.calls().iter().any(|c| {
+                c.status < 300
+                    && c.content.as_deref() == Some("echo: hi over the broker")
+                    && c.channel == 600
+            }) {
+                answered = true;
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+        assert!(answered, "reply to {message} written: {:#?}", emu.calls());
+        assert_eq!(
+            gateway_app.runtime().status().replies,
+            0,
+            "the gateway answered nothing itself"
+        );
+        assert_eq!(worker_app.runtime().status().replies, 1, "the worker did");
+
+        bots.shutdown().await;
+        gateway_app.shutdown().await;
+        worker.leave().await;
+        worker_app.shutdown().await;
+        let cleanup = Broker::connect(BROKER, Duration::from_secs(10), &queues)
+            .await
+            .unwrap();
+        cleanup.delete_partitions(4).await.unwrap();
+        cleanup
+            .delete_queue(&format!("{queues}.replies.gw1"))
+            .await
+            .unwrap();
+    });
+}

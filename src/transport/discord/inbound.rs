@@ -40,6 +40,8 @@ pub struct Bot {
     /// The access rules in force (`[discord]` lists are live).
     pub access: whisper_actors::live::Live<Access>,
     pub router: ShardRouter,
+    /// Cluster mode (`cluster.role = "gateway"`): messages go to the broker, not the router.
+    pub cluster: Option<Arc<crate::cluster::gateway::Gateway>>,
     pub outbound: Addr<DiscordActor>,
     /// Where the bot was refused (403): messages there are not answered at all.
     pub limiter: Arc<ChannelLimiter>,
@@ -186,7 +188,7 @@ impl EventHandler for Bot {
             notice,
         });
         let key = ConversationKey::new(self.character.as_str(), user_key(msg.author.id.get()));
-        let routed = self.router.route(UserMessage {
+        let message = UserMessage {
             key: key.clone(),
             scope,
             channel: Some(msg.channel_id.get()),
@@ -195,7 +197,21 @@ impl EventHandler for Bot {
             message_id,
             received_at: Instant::now(),
             reply_to: self.outbound.clone().recipient(),
-        });
+        };
+        if let Some(gateway) = &self.cluster {
+            if let Err(error) = gateway.publish(&message).await {
+                warn!(%error, "could not hand a Discord message to the broker");
+                self.outbound.do_send(ReplyUpdate {
+                    message_id,
+                    key,
+                    text: "I can't reach my workers right now. Please try again in a moment."
+                        .into(),
+                    status: ReplyStatus::Failed(FailureKind::LlmFailed),
+                });
+            }
+            return;
+        }
+        let routed = self.router.route(message);
         if let Err(whisper_actors::RouteError::UnknownCharacter(character)) = &routed {
             // A reload removed its character file; the bot stays connected (its token needs a
             // restart to change) and stops answering.

@@ -41,6 +41,8 @@ pub enum DiscordError {
         character: String,
         source: serenity::Error,
     },
+    #[error("cluster.role = \"gateway\": {0}")]
+    Broker(#[from] crate::cluster::broker::BrokerError),
 }
 
 /// Locks a map shared by the bot's tasks; a task that panicked holding it leaves consistent data
@@ -84,6 +86,18 @@ pub async fn start(app: &App, settings: &Settings) -> Result<DiscordBots, Discor
     ));
     let arbiter = Arbiter::new();
     let mut bots = Vec::new();
+    // As a cluster gateway, messages go to the broker and replies come back from it.
+    let gateway = match settings.cluster.role {
+        crate::config::ClusterRole::Gateway => Some(
+            crate::cluster::gateway::Gateway::start(
+                &settings.cluster,
+                &settings.storage.redis_prefix,
+                &crate::cluster::node_id(&settings.cluster.node_id),
+            )
+            .await?,
+        ),
+        _ => None,
+    };
     for (character, token) in &section.tokens {
         if router.characters().get(character).is_none() {
             return Err(DiscordError::UnknownCharacter(character.clone()));
@@ -115,6 +129,7 @@ pub async fn start(app: &App, settings: &Settings) -> Result<DiscordBots, Discor
             )),
             access: access.clone(),
             router: router.clone(),
+            cluster: gateway.clone(),
             outbound: outbound.clone(),
             limiter: limiter.clone(),
             log: app.channel_log(),
@@ -178,6 +193,13 @@ pub async fn start(app: &App, settings: &Settings) -> Result<DiscordBots, Discor
             task,
             outbound,
         });
+    }
+    if let Some(gateway) = gateway {
+        let sinks = bots
+            .iter()
+            .map(|b| (b.character.clone(), b.outbound.clone().recipient()))
+            .collect();
+        gateway.deliver_replies(sinks).await?;
     }
     Ok(DiscordBots {
         bots,
