@@ -414,6 +414,7 @@ fn cluster_member(cli: &Cli) -> anyhow::Result<ExitCode> {
                     membership,
                     node.clone(),
                     &settings.storage.redis_prefix,
+                    app.cluster_status(),
                 )
                 .await?,
             )

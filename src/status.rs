@@ -18,7 +18,25 @@ pub struct StatusFile {
     pub updated_at_ms: u64,
     pub llm_endpoint: String,
     pub status: StatusSnapshot,
+    /// In cluster mode: this member's role, partitions and the members it sees.
+    #[serde(default)]
+    pub cluster: Option<ClusterStatus>,
 }
+
+/// What a cluster member shows in `status`.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct ClusterStatus {
+    pub role: String,
+    pub node: String,
+    pub members: Vec<String>,
+    pub owned: Vec<u32>,
+    pub standby: Vec<u32>,
+    /// Messages waiting in each owned partition's queue (only those with any).
+    pub queued: Vec<(u32, u32)>,
+}
+
+/// Where a cluster member keeps its [`ClusterStatus`] for the reporter.
+pub type ClusterSlot = Arc<std::sync::Mutex<Option<ClusterStatus>>>;
 
 pub fn status_path(data_dir: &Path) -> PathBuf {
     data_dir.join("status.json")
@@ -45,6 +63,7 @@ pub fn spawn_reporter(
     data_dir: PathBuf,
     interval: Duration,
     llm_endpoint: String,
+    cluster: ClusterSlot,
 ) -> JoinHandle<()> {
     let started_at_ms = now_ms();
     let path = status_path(&data_dir);
@@ -69,6 +88,7 @@ pub fn spawn_reporter(
                 updated_at_ms: now_ms(),
                 llm_endpoint: llm_endpoint.clone(),
                 status: snapshot,
+                cluster: cluster.lock().expect("cluster status lock").clone(),
             };
             // The write syncs to disk: it runs on the blocking pool, not on an async worker.
             let target = path.clone();
@@ -118,6 +138,19 @@ pub fn render(file: &StatusFile, alive: bool) -> String {
             "configuration: generation {}, loaded {}\n",
             s.config_generation,
             humantime::format_rfc3339_seconds(loaded)
+        ));
+    }
+    if let Some(c) = &file.cluster {
+        let queued: Vec<String> = c.queued.iter().map(|(p, n)| format!("p{p}={n}")).collect();
+        out.push_str(&format!(
+            "cluster: role {}, node {}; members seen: {} ({}); owned partitions: {}; standby: {}; waiting: {}\n",
+            c.role,
+            c.node,
+            c.members.len(),
+            c.members.join(", "),
+            c.owned.len(),
+            c.standby.len(),
+            if queued.is_empty() { "none".to_owned() } else { queued.join(" ") },
         ));
     }
     out.push_str(&format!(

@@ -264,6 +264,8 @@ pub struct App {
     reloads: std::sync::atomic::AtomicU64,
     /// The Discord access rules in force (`[discord]` lists are live).
     access: whisper_actors::live::Live<Access>,
+    /// A cluster member's role and partitions, for the status file.
+    cluster_status: status::ClusterSlot,
     /// Resizes the history store's pool (SQLite threads or PostgreSQL connections).
     history_resize: stores::Resizer,
     /// The intents file as the classifier in force read it.
@@ -333,11 +335,13 @@ impl App {
                 .await?,
             )
         };
+        let cluster_status: status::ClusterSlot = Default::default();
         let reporter = status::spawn_reporter(
             stats,
             settings.storage.data_dir.clone(),
             settings.runtime.status_interval,
             t.endpoint,
+            cluster_status.clone(),
         );
         Ok(App {
             user_data: t.user_data,
@@ -351,6 +355,7 @@ impl App {
             embedder: t.embedder,
             in_force: std::sync::Mutex::new((settings.clone(), characters_in_force)),
             limits: (t.limiter, t.redis_cache),
+            cluster_status,
             history_resize: t.history_resize,
             access: t.access,
             intents_text: std::sync::Mutex::new(
@@ -427,6 +432,11 @@ impl App {
 
     pub fn runtime(&self) -> &Runtime {
         &self.runtime
+    }
+
+    /// Where a cluster member reports its partitions (shown by `status`).
+    pub fn cluster_status(&self) -> status::ClusterSlot {
+        self.cluster_status.clone()
     }
 
     /// The Discord access rules in force; a reload swaps them.

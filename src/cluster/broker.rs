@@ -275,6 +275,30 @@ impl Broker {
         Ok(())
     }
 
+    /// Messages waiting (ready, not delivered) in a partition's queue.
+    pub async fn depth(&self, partition: u32) -> Result<u32, BrokerError> {
+        let mut args = FieldTable::default();
+        args.insert("x-single-active-consumer".into(), AMQPValue::Boolean(true));
+        args.insert(
+            "x-queue-type".into(),
+            AMQPValue::LongString("classic".into()),
+        );
+        let queue = self
+            .publish
+            .queue_declare(
+                self.queue(partition).as_str().into(),
+                QueueDeclareOptions {
+                    passive: true,
+                    durable: true,
+                    ..QueueDeclareOptions::default()
+                },
+                args,
+            )
+            .await
+            .map_err(amqp("read a queue's depth"))?;
+        Ok(queue.message_count())
+    }
+
     /// Deletes the partition queues (tests and teardown only).
     pub async fn delete_partitions(&self, partitions: u32) -> Result<(), BrokerError> {
         for p in 0..partitions {

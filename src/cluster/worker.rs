@@ -56,6 +56,7 @@ pub async fn start(
     membership: Membership,
     node: String,
     prefix: &str,
+    report: crate::status::ClusterSlot,
 ) -> Result<WorkerHandle, BrokerError> {
     let broker =
         Arc::new(Broker::connect(cluster.broker_url.expose(), cluster.heartbeat, prefix).await?);
@@ -69,7 +70,9 @@ pub async fn start(
             BTreeMap::new();
         let mut stopped = stopped;
         let mut was_owned: BTreeSet<u32> = BTreeSet::new();
+        let mut round = 0u64;
         loop {
+            round += 1;
             if let Err(e) = membership.refresh(ROLE).await {
                 warn!(error = %e, "cannot refresh cluster membership");
             }
@@ -138,6 +141,31 @@ pub async fn start(
                 yielding.push(task);
             }
             *shown.lock().expect("status lock") = running.keys().copied().collect();
+            // What `status` shows; queue depths every few rounds (one request per partition).
+            let mut queued = report
+                .lock()
+                .expect("status lock")
+                .as_ref()
+                .map(|s| s.queued.clone())
+                .unwrap_or_default();
+            if round % 5 == 1 {
+                queued.clear();
+                for p in &was_owned {
+                    if let Ok(depth) = broker.depth(*p).await
+                        && depth > 0
+                    {
+                        queued.push((*p, depth));
+                    }
+                }
+            }
+            *report.lock().expect("status lock") = Some(crate::status::ClusterStatus {
+                role: ROLE.to_owned(),
+                node: node.clone(),
+                members: members.clone(),
+                owned: was_owned.iter().copied().collect(),
+                standby: wanted.difference(&was_owned).copied().collect(),
+                queued,
+            });
             if leaving {
                 for task in yielding {
                     let _ = task.await;

@@ -187,6 +187,7 @@ fn workers_share_partitions_and_hand_them_over_in_order() {
                 membership,
                 node.to_owned(),
                 &prefix,
+                app.cluster_status(),
             )
         };
         let (app1, _d1) = worker_app(&postgres, &llm, &redis.0, &graph).await;
@@ -233,6 +234,14 @@ fn workers_share_partitions_and_hand_them_over_in_order() {
                     !w2.consumed.lock().unwrap().is_empty(),
                     "the new worker consumes"
                 );
+                // Status: both see both, and the partitions are split without overlap.
+                let s1 = app1.cluster_status().lock().unwrap().clone().unwrap();
+                let s2 = app2.cluster_status().lock().unwrap().clone().unwrap();
+                assert_eq!(s1.members, ["w1", "w2"]);
+                assert_eq!(s2.members, ["w1", "w2"]);
+                let mut owned: Vec<u32> = s1.owned.iter().chain(&s2.owned).copied().collect();
+                owned.sort();
+                assert_eq!(owned, (0..8).collect::<Vec<u32>>(), "{s1:?} {s2:?}");
                 second = Some((app2, d2, w2));
             }
             if phase == 3 {
@@ -339,6 +348,7 @@ fn a_discord_message_goes_through_the_broker_and_back() {
             Membership::new(pool, &redis.0, "w1", Duration::from_secs(3)),
             "w1".into(),
             &queues,
+            worker_app.cluster_status(),
         )
         .await
         .unwrap();
