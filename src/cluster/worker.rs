@@ -113,6 +113,18 @@ pub async fn start(
                 }
             }
             was_owned = owned;
+            // A partition whose consumer ended by itself (its channel closed under it) is
+            // subscribed again.
+            running.retain(|p, (_, task)| {
+                let alive = !task.is_finished();
+                if !alive {
+                    warn!(
+                        partition = *p,
+                        "a partition's consumer ended; subscribing again"
+                    );
+                }
+                alive
+            });
             let new: Vec<u32> = wanted
                 .iter()
                 .filter(|p| !running.contains_key(p) && !cooling.contains(p))
