@@ -20,6 +20,11 @@ pub struct Turn {
     pub created_at_ms: i64,
     /// Unix milliseconds when the reply completed.
     pub replied_at_ms: i64,
+    /// The transport's id of the user's message, where it is unique for good (a Discord
+    /// snowflake): a turn answered again after a crash (cluster mode redelivers what was not
+    /// acked) is then stored once. `None` elsewhere (the console numbers its lines per run).
+    #[serde(default)]
+    pub message_id: Option<u64>,
 }
 
 /// What the bot knows about a user regardless of character.

@@ -218,8 +218,10 @@ async fn serve_partition(
         }
     };
     let (sink, mut updates) = ChannelSink::start();
-    // (user, message id) -> the delivery and where its replies go.
-    let mut pending: HashMap<(String, u64), (Delivery, String, String)> = HashMap::new();
+    // (user, message id) -> its deliveries in arrival order (a message published twice is
+    // answered twice, in order) and where their replies go.
+    type Held = std::collections::VecDeque<(Delivery, String, String)>;
+    let mut pending: HashMap<(String, u64), Held> = HashMap::new();
     let mut deadline: Option<Instant> = None;
     loop {
         if let Some(at) = deadline
@@ -258,10 +260,10 @@ async fn serve_partition(
                 });
                 match routed {
                     Ok(()) => {
-                        pending.insert(
-                            (inbound.user.clone(), inbound.message_id),
-                            (delivery, inbound.reply_to, inbound.character),
-                        );
+                        pending
+                            .entry((inbound.user.clone(), inbound.message_id))
+                            .or_default()
+                            .push_back((delivery, inbound.reply_to, inbound.character));
                     }
                     Err(e) => {
                         let failed = Outbound {
@@ -280,7 +282,10 @@ async fn serve_partition(
             }
             Some(update) = updates.recv() => {
                 let id = (update.key.user.to_string(), update.message_id);
-                let Some((_, reply_to, character)) = pending.get(&id) else { continue };
+                let Some((_, reply_to, character)) = pending.get(&id).and_then(|q| q.front())
+                else {
+                    continue;
+                };
                 let out = Outbound {
                     message_id: update.message_id,
                     character: character.clone(),
@@ -298,11 +303,16 @@ async fn serve_partition(
                 {
                     warn!(partition, error = %e, "cannot publish a reply update");
                 }
-                if out.is_final()
-                    && let Some((delivery, _, _)) = pending.remove(&id)
-                    && let Err(e) = delivery.ack().await
-                {
-                    warn!(partition, error = %e, "cannot ack a delivery; it will be redelivered");
+                if out.is_final() {
+                    let done = pending.get_mut(&id).and_then(|q| q.pop_front());
+                    if pending.get(&id).is_some_and(|q| q.is_empty()) {
+                        pending.remove(&id);
+                    }
+                    if let Some((delivery, _, _)) = done
+                        && let Err(e) = delivery.ack().await
+                    {
+                        warn!(partition, error = %e, "cannot ack a delivery; it will be redelivered");
+                    }
                 }
             }
             _ = yielded.changed(), if deadline.is_none() => {

@@ -420,3 +420,90 @@ fn a_discord_message_goes_through_the_broker_and_back() {
             .unwrap();
     });
 }
+
+/// At-least-once delivery made exact in the store: a Discord message delivered twice (as after
+/// a worker crashed before its ack) is answered again, but its turn is stored once.
+#[test]
+fn a_redelivered_message_is_stored_once() {
+    use whisperengine::cluster::wire::{Inbound, Outbound};
+    crate::support::app::run_actix(|| async {
+        let llm = crate::support::openai_server::ScriptedLlm::start().await;
+        let postgres = crate::support::pgvector::PgVector::start().await;
+        let graph = crate::support::arcadedb::ArcadeDb::start().await;
+        let redis = RedisPrefix::new();
+        let prefix = prefix();
+        let (app, _dir) = worker_app(&postgres, &llm, &redis.0, &graph).await;
+        let mut cluster =
+            crate::support::app::settings(std::path::Path::new("/tmp"), "http://x").cluster;
+        cluster.partitions = 2;
+        let pool = whisperengine::store::redis::jobs::pool(
+            "redis://127.0.0.1:6379",
+            2,
+            Duration::from_secs(5),
+        )
+        .await
+        .unwrap();
+        let worker = whisperengine::cluster::worker::start(
+            app.router(),
+            &cluster,
+            Membership::new(pool, &redis.0, "w1", Duration::from_secs(3)),
+            "w1".into(),
+            &prefix,
+            app.cluster_status(),
+        )
+        .await
+        .unwrap();
+        let gateway = Broker::connect(BROKER, Duration::from_secs(10), &prefix)
+            .await
+            .unwrap();
+        let replies = format!("{prefix}.replies.gw");
+        gateway.declare_queue(&replies).await.unwrap();
+        let mut inbox = gateway.consume_queue(&replies, 16, "gw").await.unwrap();
+        let message = Inbound {
+            character: "aria".into(),
+            user: "discord:4242".into(),
+            scope: "guild:9".into(),
+            channel: Some(99),
+            display_name: "dee".into(),
+            text: "remember this once".into(),
+            message_id: 1_190_000_000_000_000_777,
+            reply_to: replies.clone(),
+        };
+        let partition = whisperengine::cluster::partition::partition_of(&message.user, 2);
+        for _ in 0..2 {
+            gateway
+                .publish(partition, &serde_json::to_vec(&message).unwrap())
+                .await
+                .unwrap();
+        }
+        let mut finals = 0;
+        while finals < 2 {
+            let d = tokio::time::timeout(Duration::from_secs(20), inbox.next())
+                .await
+                .expect("both deliveries answered")
+                .unwrap();
+            let out: Outbound = serde_json::from_slice(&d.payload).unwrap();
+            d.ack().await.unwrap();
+            finals += usize::from(out.is_final());
+        }
+        crate::support::app::drain(&app).await;
+        let (client, conn) =
+            tokio_postgres::connect(&postgres.url("whisper"), tokio_postgres::NoTls)
+                .await
+                .unwrap();
+        tokio::spawn(conn);
+        let turns: i64 = client
+            .query_one(
+                "SELECT count(*) FROM turns WHERE user_id = 'discord:4242'",
+                &[],
+            )
+            .await
+            .unwrap()
+            .get(0);
+        assert_eq!(turns, 1, "stored once");
+        worker.leave().await;
+        gateway.delete_partitions(2).await.unwrap();
+        gateway.delete_queue(&replies).await.unwrap();
+        app.shutdown().await;
+    });
+}

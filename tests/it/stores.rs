@@ -27,6 +27,7 @@ fn turn(key: &ConversationKey, scope: Scope, n: i64) -> Turn {
         reply: format!("r{n}"),
         created_at_ms: 1_000 + n * 10,
         replied_at_ms: 1_005 + n * 10,
+        message_id: None,
     }
 }
 
@@ -119,6 +120,45 @@ async fn history_contract(store: Arc<dyn HistoryStore>) {
         1
     );
     assert_eq!(store.forget_user("u:a").await.unwrap(), (0, 0));
+
+    // A turn recorded again for the same Discord message (answered again after a crash) is
+    // stored, and counted in the profile, once; turns without a message id always are.
+    let d = ConversationKey::new("aria", "discord:7");
+    let once = Turn {
+        message_id: Some(1_190_000_000_000_000_001),
+        ..turn(&d, Scope::Guild(5), 1)
+    };
+    store.record_turn(&once, "Dee").await.unwrap();
+    store
+        .record_turn(
+            &Turn {
+                reply: "the same message, answered again".into(),
+                ..once.clone()
+            },
+            "Dee",
+        )
+        .await
+        .unwrap();
+    let plain = turn(&d, Scope::Guild(5), 2);
+    store.record_turn(&plain, "Dee").await.unwrap();
+    store.record_turn(&plain, "Dee").await.unwrap();
+    let stored = store.recent_turns(&d, &Scope::Guild(5), 10).await.unwrap();
+    let replies: Vec<&str> = stored.iter().map(|t| t.reply.as_str()).collect();
+    assert_eq!(
+        replies,
+        ["r1", "r2", "r2"],
+        "the first answer is the one kept"
+    );
+    assert_eq!(
+        store
+            .profile("discord:7")
+            .await
+            .unwrap()
+            .unwrap()
+            .message_count,
+        3
+    );
+    store.forget_user("discord:7").await.unwrap();
 }
 
 #[test]

@@ -180,6 +180,7 @@ mod tests {
             reply: format!("answer number {i} {}", "y".repeat(40)),
             created_at_ms: 0,
             replied_at_ms: 0,
+            message_id: None,
         }
     }
 

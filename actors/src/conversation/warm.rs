@@ -46,6 +46,7 @@ impl WarmState {
                     reply: t.reply.to_string(),
                     created_at_ms: t.created_at_ms,
                     replied_at_ms: t.replied_at_ms,
+                    message_id: None,
                 })
                 .collect(),
         )

@@ -21,9 +21,10 @@ use crate::store::server::{Unreachable, redact, wait_for};
 const STORE: &str = "postgres history";
 
 /// Versioned schema steps; a step is never edited once released, only appended.
-const MIGRATIONS: [(i32, &str); 1] = [(
-    1,
-    "CREATE TABLE turns (
+const MIGRATIONS: [(i32, &str); 2] = [
+    (
+        1,
+        "CREATE TABLE turns (
          id BIGSERIAL PRIMARY KEY,
          character TEXT NOT NULL,
          user_id TEXT NOT NULL,
@@ -41,7 +42,15 @@ const MIGRATIONS: [(i32, &str); 1] = [(
          last_seen_ms BIGINT NOT NULL,
          message_count BIGINT NOT NULL
      );",
-)];
+    ),
+    (
+        // A turn answered again after a crash (same Discord message) is stored once.
+        2,
+        "ALTER TABLE turns ADD COLUMN message_id BIGINT;
+     CREATE UNIQUE INDEX turns_once ON turns (character, user_id, message_id)
+         WHERE message_id IS NOT NULL;",
+    ),
+];
 
 #[derive(Debug, thiserror::Error)]
 pub enum PgOpenError {
@@ -274,6 +283,7 @@ impl PgHistory {
                 reply: row.get(1),
                 created_at_ms: row.get(2),
                 replied_at_ms: row.get(3),
+                message_id: None,
             })
             .collect();
         turns.reverse();
@@ -302,21 +312,28 @@ impl PgHistory {
     async fn write_turn(&self, turn: &Turn, display_name: &str) -> Result<(), StoreError> {
         let mut client = self.pool.get().await.map_err(unavailable)?;
         let tx = client.transaction().await.map_err(failed("record turn"))?;
-        tx.execute(
-            "INSERT INTO turns (character, user_id, scope, user_message, reply, created_at_ms, replied_at_ms)
-             VALUES ($1, $2, $3, $4, $5, $6, $7)",
-            &[
-                &&*turn.key.character,
-                &&*turn.key.user,
-                &turn.scope.to_string(),
-                &turn.user_message,
-                &turn.reply,
-                &turn.created_at_ms,
-                &turn.replied_at_ms,
-            ],
-        )
-        .await
-        .map_err(failed("record turn"))?;
+        let inserted = tx
+            .execute(
+                "INSERT INTO turns (character, user_id, scope, user_message, reply, created_at_ms, replied_at_ms, message_id)
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8)
+                 ON CONFLICT (character, user_id, message_id) WHERE message_id IS NOT NULL DO NOTHING",
+                &[
+                    &&*turn.key.character,
+                    &&*turn.key.user,
+                    &turn.scope.to_string(),
+                    &turn.user_message,
+                    &turn.reply,
+                    &turn.created_at_ms,
+                    &turn.replied_at_ms,
+                    &turn.message_id.map(|id| id as i64),
+                ],
+            )
+            .await
+            .map_err(failed("record turn"))?;
+        if inserted == 0 {
+            // This message's turn is already stored (answered again after a crash).
+            return tx.commit().await.map_err(failed("record turn"));
+        }
         tx.execute(
             "INSERT INTO profiles (user_id, display_name, first_seen_ms, last_seen_ms, message_count)
              VALUES ($1, $2, $3, $4, 1)

@@ -83,6 +83,7 @@ impl Handler<RecentTurns> for Worker {
                         reply: row.get(1)?,
                         created_at_ms: row.get(2)?,
                         replied_at_ms: row.get(3)?,
+                        message_id: None,
                     })
                 },
             )?;
@@ -123,19 +124,25 @@ impl Handler<RecordTurn> for Worker {
         let turn = msg.turn;
         self.conn.run("record turn", |conn| {
             let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
-            tx.prepare_cached(
-                "INSERT INTO turns (character, user_id, scope, user_message, reply, created_at_ms, replied_at_ms)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
-            )?
-            .execute(params![
-                &*turn.key.character,
-                &*turn.key.user,
-                turn.scope.to_string(),
-                turn.user_message,
-                turn.reply,
-                turn.created_at_ms,
-                turn.replied_at_ms
-            ])?;
+            let inserted = tx
+                .prepare_cached(
+                    "INSERT OR IGNORE INTO turns (character, user_id, scope, user_message, reply, created_at_ms, replied_at_ms, message_id)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+                )?
+                .execute(params![
+                    &*turn.key.character,
+                    &*turn.key.user,
+                    turn.scope.to_string(),
+                    turn.user_message,
+                    turn.reply,
+                    turn.created_at_ms,
+                    turn.replied_at_ms,
+                    turn.message_id.map(|id| id as i64)
+                ])?;
+            if inserted == 0 {
+                // This message's turn is already stored (answered again after a crash).
+                return tx.commit();
+            }
             tx.prepare_cached(
                 "INSERT INTO profiles (user_id, display_name, first_seen_ms, last_seen_ms, message_count)
                  VALUES (?1, ?2, ?3, ?4, 1)

@@ -107,6 +107,12 @@ fn migrations() -> Migrations<'static> {
              DELETE FROM memories_fts WHERE rowid = old.id;
          END;",
         ),
+        // A turn answered again after a crash (same Discord message) is stored once.
+        M::up(
+            "ALTER TABLE turns ADD COLUMN message_id INTEGER;
+         CREATE UNIQUE INDEX turns_once ON turns (character, user_id, message_id)
+             WHERE message_id IS NOT NULL;",
+        ),
     ])
 }
 

@@ -120,6 +120,11 @@ async fn run(deps: &ConversationDeps, input: TurnInput) -> TurnReport {
         reply: generated.text,
         created_at_ms: replied_at_ms - msg.received_at.elapsed().as_millis() as i64,
         replied_at_ms,
+        message_id: msg
+            .key
+            .user
+            .starts_with("discord:")
+            .then_some(msg.message_id),
     };
     persist::record(deps, &turn, &msg.display_name).await;
     if let Some(jobs) = &deps.jobs {
