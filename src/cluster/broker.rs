@@ -71,6 +71,17 @@ impl Delivery {
     }
 }
 
+/// A partition queue's arguments: classic, one active consumer at a time.
+fn partition_args() -> FieldTable {
+    let mut args = FieldTable::default();
+    args.insert("x-single-active-consumer".into(), AMQPValue::Boolean(true));
+    args.insert(
+        "x-queue-type".into(),
+        AMQPValue::LongString("classic".into()),
+    );
+    args
+}
+
 fn with_heartbeat(url: &str, heartbeat: Duration) -> String {
     let secs = heartbeat.as_secs().max(1);
     if url.contains("heartbeat=") {
@@ -119,12 +130,7 @@ impl Broker {
 
     /// Declares the partition queues (idempotent: every process does it at start).
     pub async fn declare_partitions(&self, partitions: u32) -> Result<(), BrokerError> {
-        let mut args = FieldTable::default();
-        args.insert("x-single-active-consumer".into(), AMQPValue::Boolean(true));
-        args.insert(
-            "x-queue-type".into(),
-            AMQPValue::LongString("classic".into()),
-        );
+        let args = partition_args();
         for p in 0..partitions {
             self.publish
                 .queue_declare(
@@ -171,29 +177,15 @@ impl Broker {
         prefetch: u16,
         tag: &str,
     ) -> Result<PartitionConsumer, BrokerError> {
-        let channel = self
-            .connection
-            .create_channel()
-            .await
-            .map_err(amqp("open a channel"))?;
-        channel
-            .basic_qos(prefetch, BasicQosOptions::default())
-            .await
-            .map_err(amqp("set the prefetch"))?;
-        let consumer = channel
-            .basic_consume(
-                self.queue(partition).as_str().into(),
-                format!("{tag}.p{partition}").as_str().into(),
-                BasicConsumeOptions::default(),
-                FieldTable::default(),
+        let mut consumer = self
+            .consume_queue(
+                &self.queue(partition),
+                prefetch,
+                &format!("{tag}.p{partition}"),
             )
-            .await
-            .map_err(amqp("consume"))?;
-        Ok(PartitionConsumer {
-            partition,
-            channel,
-            consumer,
-        })
+            .await?;
+        consumer.partition = partition;
+        Ok(consumer)
     }
 
     /// Declares a gateway's reply queue (durable: replies published while it restarts wait).
@@ -234,7 +226,7 @@ impl Broker {
         }
     }
 
-    /// Consumes a named queue (a gateway's replies).
+    /// Consumes a named queue (a partition's, or a gateway's replies) on a channel of its own.
     pub async fn consume_queue(
         &self,
         queue: &str,
@@ -277,12 +269,7 @@ impl Broker {
 
     /// Messages waiting (ready, not delivered) in a partition's queue.
     pub async fn depth(&self, partition: u32) -> Result<u32, BrokerError> {
-        let mut args = FieldTable::default();
-        args.insert("x-single-active-consumer".into(), AMQPValue::Boolean(true));
-        args.insert(
-            "x-queue-type".into(),
-            AMQPValue::LongString("classic".into()),
-        );
+        let args = partition_args();
         let queue = self
             .publish
             .queue_declare(

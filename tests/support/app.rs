@@ -175,7 +175,13 @@ pub fn started(app: &App) -> u64 {
 /// Waits until no turn is in flight (a turn enqueues its background jobs after the final update)
 /// and the job queue is empty.
 pub async fn drain(app: &App) {
-    for _ in 0..250 {
+    drain_within(app, Duration::from_secs(5)).await
+}
+
+/// [`drain`], waiting up to `limit`.
+pub async fn drain_within(app: &App, limit: Duration) {
+    let started = Instant::now();
+    while started.elapsed() < limit {
         let turns_in_flight: u64 = app
             .runtime()
             .status()

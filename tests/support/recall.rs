@@ -26,7 +26,7 @@ use whisper_actors::graph::FactStore;
 use whisper_actors::memory::{MemoryProvider, MemoryStore};
 use whisper_actors::ports::{ChatModel, ChatRequest, Embedder, LlmError, ModelDelta, TokenStream};
 use whisper_actors::{ConversationKey, Scope};
-use whisperengine::app::{App, Extras};
+use whisperengine::app::Extras;
 use whisperengine::config::Settings;
 
 use super::app::{Client, is_done, start};
@@ -286,7 +286,8 @@ pub async fn measure(dataset: &Dataset, mut settings: Settings) -> Scores {
         let reply = clients[*u].ask(&app, &m.text).await;
         assert!(is_done(&reply), "{reply:?}");
     }
-    drain(&app).await;
+    // A whole replay's background jobs: minutes on a slow machine.
+    super::app::drain_within(&app, Duration::from_secs(600)).await;
     let replay_seconds = started.elapsed().as_secs_f64();
 
     // Recall at ranks 1..10, through the same provider code the prompt uses.
@@ -418,24 +419,6 @@ fn memory_section(system: &str) -> &str {
         Some(end) => &rest[..end + 3],
         None => rest,
     }
-}
-
-/// Waits (up to ten minutes) until no turn is in flight and the job queue is empty.
-async fn drain(app: &App) {
-    for _ in 0..6_000 {
-        let turns: u64 = app
-            .runtime()
-            .status()
-            .shards
-            .iter()
-            .map(|s| s.pending_messages)
-            .sum();
-        if turns == 0 && app.user_data().pending_jobs().await.unwrap() == 0 {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    panic!("background jobs did not finish");
 }
 
 /// The table the benchmark prints (and the README quotes).

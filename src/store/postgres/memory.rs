@@ -11,8 +11,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod};
-use tokio_postgres::NoTls;
+use deadpool_postgres::Pool;
 use whisper_actors::memory::{
     AllowedScopes, Candidate, MemoryChunk, MemoryKind, MemoryQuery, MemoryStore, newest_first,
 };
@@ -21,7 +20,6 @@ use whisper_actors::stats::PoolStats;
 use whisper_actors::{ConversationKey, Scope};
 
 use super::PgOpenError;
-use crate::store::server::{redact, wait_for};
 
 const STORE: &str = "postgres memories";
 
@@ -102,6 +100,39 @@ fn tsquery(text: &str) -> Option<String> {
     (!terms.is_empty()).then(|| terms.join(" | "))
 }
 
+/// Inserts `chunks` (a chunk already stored, as when a job runs again, is kept as it is).
+async fn insert_chunks(
+    tx: &deadpool_postgres::Transaction<'_>,
+    chunks: &[MemoryChunk],
+) -> Result<(), tokio_postgres::Error> {
+    let insert = tx
+        .prepare_cached(
+            "INSERT INTO memories (character, user_id, scope, kind, grp, chunk, text, importance, created_at_ms, embedding)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10::text::vector)
+             ON CONFLICT (user_id, character, grp, chunk) DO NOTHING",
+        )
+        .await?;
+    for c in chunks {
+        tx.execute(
+            &insert,
+            &[
+                &&*c.key.character,
+                &&*c.key.user,
+                &c.scope.to_string(),
+                &c.kind.as_str(),
+                &c.group,
+                &(c.chunk as i32),
+                &c.text,
+                &c.importance,
+                &c.created_at_ms,
+                &vector_text(&c.vector),
+            ],
+        )
+        .await?;
+    }
+    Ok(())
+}
+
 pub struct PgMemory {
     pool: Pool,
     stats: Arc<PoolStats>,
@@ -111,56 +142,17 @@ impl PgMemory {
     /// Connects (waiting up to `wait` for the server), creates the pgvector extension and the
     /// tables if needed, once across processes.
     pub async fn connect(url: &str, pool_size: usize, wait: Duration) -> Result<Self, PgOpenError> {
-        let config: tokio_postgres::Config = url.parse().map_err(|source| PgOpenError::Url {
-            url: redact(url),
-            source,
-        })?;
-        let manager = Manager::from_config(
-            config,
-            NoTls,
-            ManagerConfig {
-                recycling_method: RecyclingMethod::Fast,
+        let pool = super::connect_migrated(
+            url,
+            pool_size,
+            wait,
+            super::Ledger {
+                lock: 727275,
+                table: "whisper_memory_migrations",
+                steps: &MIGRATIONS,
             },
-        );
-        let pool = Pool::builder(manager)
-            .max_size(pool_size.max(1))
-            .build()
-            .map_err(|e| PgOpenError::Pool(e.to_string()))?;
-        let mut client = wait_for("postgres", url, wait, || pool.get()).await?;
-        let migrate = |source| PgOpenError::Migrate {
-            url: redact(url),
-            source,
-        };
-        let tx = client.transaction().await.map_err(migrate)?;
-        tx.execute("SELECT pg_advisory_xact_lock(727275)", &[])
-            .await
-            .map_err(migrate)?;
-        tx.batch_execute(
-            "CREATE TABLE IF NOT EXISTS whisper_memory_migrations (
-                 version INTEGER PRIMARY KEY,
-                 applied_at TIMESTAMPTZ NOT NULL DEFAULT now()
-             )",
         )
-        .await
-        .map_err(migrate)?;
-        let applied: i32 = tx
-            .query_one(
-                "SELECT COALESCE(MAX(version), 0) FROM whisper_memory_migrations",
-                &[],
-            )
-            .await
-            .map_err(migrate)?
-            .get(0);
-        for (version, sql) in MIGRATIONS.iter().filter(|(v, _)| *v > applied) {
-            tx.batch_execute(sql).await.map_err(migrate)?;
-            tx.execute(
-                "INSERT INTO whisper_memory_migrations (version) VALUES ($1)",
-                &[version],
-            )
-            .await
-            .map_err(migrate)?;
-        }
-        tx.commit().await.map_err(migrate)?;
+        .await?;
         let stats = Arc::new(PoolStats::default());
         stats.size.set(pool_size.max(1) as u64);
         Ok(Self { pool, stats })
@@ -235,33 +227,9 @@ impl MemoryStore for PgMemory {
             .transaction()
             .await
             .map_err(failed("store memories"))?;
-        let insert = tx
-            .prepare_cached(
-                "INSERT INTO memories (character, user_id, scope, kind, grp, chunk, text, importance, created_at_ms, embedding)
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10::text::vector)
-                 ON CONFLICT (user_id, character, grp, chunk) DO NOTHING",
-            )
+        insert_chunks(&tx, &chunks)
             .await
             .map_err(failed("store memories"))?;
-        for c in &chunks {
-            tx.execute(
-                &insert,
-                &[
-                    &&*c.key.character,
-                    &&*c.key.user,
-                    &c.scope.to_string(),
-                    &c.kind.as_str(),
-                    &c.group,
-                    &(c.chunk as i32),
-                    &c.text,
-                    &c.importance,
-                    &c.created_at_ms,
-                    &vector_text(&c.vector),
-                ],
-            )
-            .await
-            .map_err(failed("store memories"))?;
-        }
         tx.commit().await.map_err(failed("store memories"))
     }
 
@@ -440,25 +408,7 @@ impl PgMemory {
         let mut client = self.client().await?;
         let tx = client.transaction().await?;
         tx.execute("DELETE FROM memories", &[]).await?;
-        for c in &chunks {
-            tx.execute(
-                "INSERT INTO memories (character, user_id, scope, kind, grp, chunk, text, importance, created_at_ms, embedding)
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10::text::vector)",
-                &[
-                    &&*c.key.character,
-                    &&*c.key.user,
-                    &c.scope.to_string(),
-                    &c.kind.as_str(),
-                    &c.group,
-                    &(c.chunk as i32),
-                    &c.text,
-                    &c.importance,
-                    &c.created_at_ms,
-                    &vector_text(&c.vector),
-                ],
-            )
-            .await?;
-        }
+        insert_chunks(&tx, &chunks).await?;
         tx.commit().await?;
         Ok(())
     }

@@ -90,6 +90,77 @@ fn unavailable(e: impl std::fmt::Display) -> StoreError {
     }
 }
 
+/// One store's schema steps: its own ledger table and advisory lock, so stores sharing a
+/// database migrate independently.
+pub(crate) struct Ledger {
+    pub lock: i64,
+    pub table: &'static str,
+    pub steps: &'static [(i32, &'static str)],
+}
+
+/// A pool to `url` (waiting up to `wait` for the server) with `ledger`'s pending steps applied,
+/// once across processes (under the ledger's advisory lock, released at commit).
+pub(crate) async fn connect_migrated(
+    url: &str,
+    pool_size: usize,
+    wait: Duration,
+    ledger: Ledger,
+) -> Result<Pool, PgOpenError> {
+    let config: tokio_postgres::Config = url.parse().map_err(|source| PgOpenError::Url {
+        url: redact(url),
+        source,
+    })?;
+    let manager = Manager::from_config(
+        config,
+        NoTls,
+        ManagerConfig {
+            recycling_method: RecyclingMethod::Fast,
+        },
+    );
+    let pool = Pool::builder(manager)
+        .max_size(pool_size.max(1))
+        .build()
+        .map_err(|e| PgOpenError::Pool(e.to_string()))?;
+    let mut client = wait_for("postgres", url, wait, || pool.get()).await?;
+    let migrate = |source| PgOpenError::Migrate {
+        url: redact(url),
+        source,
+    };
+    let tx = client.transaction().await.map_err(migrate)?;
+    tx.execute("SELECT pg_advisory_xact_lock($1)", &[&ledger.lock])
+        .await
+        .map_err(migrate)?;
+    tx.batch_execute(&format!(
+        "CREATE TABLE IF NOT EXISTS {} (
+             version INTEGER PRIMARY KEY,
+             applied_at TIMESTAMPTZ NOT NULL DEFAULT now()
+         )",
+        ledger.table
+    ))
+    .await
+    .map_err(migrate)?;
+    let applied: i32 = tx
+        .query_one(
+            &format!("SELECT COALESCE(MAX(version), 0) FROM {}", ledger.table),
+            &[],
+        )
+        .await
+        .map_err(migrate)?
+        .get(0);
+    for (version, sql) in ledger.steps.iter().filter(|(v, _)| *v > applied) {
+        tx.batch_execute(sql).await.map_err(migrate)?;
+        tx.execute(
+            &format!("INSERT INTO {} (version) VALUES ($1)", ledger.table),
+            &[version],
+        )
+        .await
+        .map_err(migrate)?;
+    }
+    tx.commit().await.map_err(migrate)?;
+    drop(client);
+    Ok(pool)
+}
+
 impl PgHistory {
     /// A new connection limit: more connections open on demand; extra idle ones close.
     pub fn resize(&self, connections: usize) {
@@ -99,57 +170,17 @@ impl PgHistory {
 
     /// Connects (waiting up to `wait` for the server), then applies pending migrations.
     pub async fn connect(url: &str, pool_size: usize, wait: Duration) -> Result<Self, PgOpenError> {
-        let config: tokio_postgres::Config = url.parse().map_err(|source| PgOpenError::Url {
-            url: redact(url),
-            source,
-        })?;
-        let manager = Manager::from_config(
-            config,
-            NoTls,
-            ManagerConfig {
-                recycling_method: RecyclingMethod::Fast,
+        let pool = connect_migrated(
+            url,
+            pool_size,
+            wait,
+            Ledger {
+                lock: 727274,
+                table: "whisper_migrations",
+                steps: &MIGRATIONS,
             },
-        );
-        let pool = Pool::builder(manager)
-            .max_size(pool_size.max(1))
-            .build()
-            .map_err(|e| PgOpenError::Pool(e.to_string()))?;
-        let mut client = wait_for("postgres", url, wait, || pool.get()).await?;
-        let migrate = |source| PgOpenError::Migrate {
-            url: redact(url),
-            source,
-        };
-        let tx = client.transaction().await.map_err(migrate)?;
-        // One migrator at a time across processes; released at commit.
-        tx.execute("SELECT pg_advisory_xact_lock(727274)", &[])
-            .await
-            .map_err(migrate)?;
-        tx.batch_execute(
-            "CREATE TABLE IF NOT EXISTS whisper_migrations (
-                 version INTEGER PRIMARY KEY,
-                 applied_at TIMESTAMPTZ NOT NULL DEFAULT now()
-             )",
         )
-        .await
-        .map_err(migrate)?;
-        let applied: i32 = tx
-            .query_one(
-                "SELECT COALESCE(MAX(version), 0) FROM whisper_migrations",
-                &[],
-            )
-            .await
-            .map_err(migrate)?
-            .get(0);
-        for (version, sql) in MIGRATIONS.iter().filter(|(v, _)| *v > applied) {
-            tx.batch_execute(sql).await.map_err(migrate)?;
-            tx.execute(
-                "INSERT INTO whisper_migrations (version) VALUES ($1)",
-                &[version],
-            )
-            .await
-            .map_err(migrate)?;
-        }
-        tx.commit().await.map_err(migrate)?;
+        .await?;
         let stats = Arc::new(PoolStats::default());
         stats.size.set(pool_size.max(1) as u64);
         Ok(Self { pool, stats })

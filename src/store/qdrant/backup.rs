@@ -2,8 +2,7 @@
 
 use qdrant_client::Payload;
 use qdrant_client::qdrant::ScrollPointsBuilder;
-use whisper_actors::ConversationKey;
-use whisper_actors::memory::{MemoryChunk, MemoryKind, MemoryStore};
+use whisper_actors::memory::MemoryStore;
 use whisper_actors::ports::StoreError;
 
 use super::*;
@@ -82,7 +81,6 @@ impl QdrantMemory {
         &self,
         rows: &[serde_json::Map<String, serde_json::Value>],
     ) -> anyhow::Result<()> {
-        use base64::Engine as _;
         for (collection, _) in self.own_collections().await? {
             self.client.delete_collection(&collection).await?;
             self.known
@@ -92,30 +90,7 @@ impl QdrantMemory {
         }
         let mut chunks = Vec::new();
         for row in rows.iter().filter(|r| r["table"] == "memories") {
-            let text = |k: &str| row.get(k).and_then(|v| v.as_str()).unwrap_or_default();
-            let bytes = base64::engine::general_purpose::STANDARD.decode(text("vector"))?;
-            let vector: Vec<f32> = bytes
-                .chunks_exact(4)
-                .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
-                .collect();
-            chunks.push(MemoryChunk {
-                key: ConversationKey::new(text("character"), text("user_id")),
-                scope: text("scope").parse().map_err(|e| anyhow::anyhow!("{e}"))?,
-                kind: MemoryKind::parse(text("kind"))
-                    .ok_or_else(|| anyhow::anyhow!("unknown memory kind {}", text("kind")))?,
-                group: text("grp").to_owned(),
-                chunk: row.get("chunk").and_then(|v| v.as_u64()).unwrap_or(0) as u32,
-                text: text("text").to_owned(),
-                importance: row
-                    .get("importance")
-                    .and_then(|v| v.as_f64())
-                    .unwrap_or(0.0) as f32,
-                created_at_ms: row
-                    .get("created_at_ms")
-                    .and_then(|v| v.as_i64())
-                    .unwrap_or(0),
-                vector: vector.into(),
-            });
+            chunks.push(crate::backup::chunk_from_row(row)?);
             if chunks.len() == 256 {
                 self.add(std::mem::take(&mut chunks)).await?;
             }
