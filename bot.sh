@@ -32,8 +32,9 @@ usage: ./bot.sh <command> [args...]
                     what changed (the same as SIGHUP); prints what changed and what needs a
                     restart
   bench [scenario]  run the benchmarks: overhead, load, idle, classifier, search, memory,
-                    reshard, context (default: all); "memory --server" replays the recall set on the
-                    server stores that run here
+                    reshard, context, cluster (default: all); "memory --server" replays the recall
+                    set on the server stores that run here; "cluster" runs worker processes on
+                    RabbitMQ (127.0.0.1:5672) and Redis (127.0.0.1:6379)
   backup [DIR]      back up every store in use (default backups/<UTC time>): JSON lines,
                     a manifest with row counts and SHA-256 per file (stop the bot first)
   restore DIR       verify a backup, then restore it into the stores configured now
@@ -318,9 +319,13 @@ cmd_reload() {
 
 cmd_bench() {
   provision_embeddings
-  if [[ " $* " == *" --server "* ]]; then provision_arcadedb; provision_pgvector; fi
+  # The server-store runs and the cluster scenario need PostgreSQL with pgvector and a Bolt
+  # server (both from PyPI; RabbitMQ and Redis are the machine's).
+  if [[ " $* " == *" --server "* || " $* " == *" cluster "* || $# -eq 0 ]]; then
+    provision_arcadedb; provision_pgvector
+  fi
   cd "$ROOT"
-  log "running benchmarks (release build; scenarios: overhead, load, idle, classifier, search, memory, reshard, context)"
+  log "running benchmarks (release build; scenarios: overhead, load, idle, classifier, search, memory, reshard, context, cluster)"
   exec cargo bench --locked --bench runtime -- "$@"
 }
 

@@ -9,9 +9,13 @@
 //! - `idle`: 100,000 conversation actors left idle: resident memory.
 //! - `reshard`: 1,000 users in a closed loop while the ring goes from 2 to 4 shards: messages
 //!   per second and p99 reply latency before, during and after, and conversations moved.
+//! - `cluster`: cluster mode on real worker processes and RabbitMQ (see `cluster.rs`).
 
 #[path = "../tests/support/mod.rs"]
 mod support;
+
+#[path = "scenarios/cluster.rs"]
+mod cluster;
 
 use std::collections::HashMap;
 use std::process::Command;
@@ -564,9 +568,10 @@ fn main() {
         Some("reshard") => reshard(),
         Some("memory") => memory(),
         Some("context") => context(),
+        Some("cluster") => cluster::run(),
         Some(other) => {
             panic!(
-                "unknown scenario {other:?}: overhead, load, idle, classifier, search, memory, reshard or context"
+                "unknown scenario {other:?}: overhead, load, idle, classifier, search, memory, reshard, context or cluster"
             )
         }
         None => {
@@ -580,6 +585,7 @@ fn main() {
                 "memory",
                 "reshard",
                 "context",
+                "cluster",
             ] {
                 let status = Command::new(&exe).arg(scenario).status().unwrap();
                 assert!(status.success(), "scenario {scenario} failed");

@@ -409,7 +409,10 @@ fn cluster_member(cli: &Cli) -> anyhow::Result<ExitCode> {
             );
             Some(
                 whisperengine::cluster::worker::start(
-                    app.router(),
+                    whisperengine::cluster::worker::Runtime {
+                        router: app.router(),
+                        control: app.control(),
+                    },
                     &settings.cluster,
                     membership,
                     node.clone(),

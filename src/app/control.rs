@@ -53,7 +53,8 @@ pub struct UserData {
 }
 
 /// What "forget me" deletes.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
 pub enum ForgetScope {
     #[default]
     All,
@@ -201,6 +202,13 @@ impl UserControl {
 
     pub fn data(&self) -> &UserData {
         &self.data
+    }
+
+    /// Drops what this process keeps of the user's guild messages (channel context).
+    pub fn forget_channel_context(&self, user: &str) {
+        if let Some(log) = &self.channel_log {
+            log.forget(user);
+        }
     }
 
     pub fn status(&self) -> whisper_actors::stats::StatusSnapshot {

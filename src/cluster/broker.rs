@@ -8,6 +8,7 @@
 //! consumes it, the broker delivers to one, and fails over to the next the moment its channel
 //! goes.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use futures::StreamExt;
@@ -299,6 +300,93 @@ impl Broker {
 
     pub async fn close(&self) {
         let _ = self.connection.close(200, "bye".into()).await;
+    }
+
+    /// False once the connection is lost (broker restarted, network cut, missed heartbeats).
+    pub fn is_connected(&self) -> bool {
+        self.connection.status().connected()
+    }
+}
+
+/// A broker connection that is replaced when it is lost: the gateway's publishes and the
+/// worker's placement rounds take the current one and reconnect through it. A new connection
+/// declares the partition queues again (a restarted broker keeps durable queues, but a new
+/// deployment may not have them yet).
+pub struct Link {
+    url: String,
+    heartbeat: Duration,
+    prefix: String,
+    partitions: u32,
+    current: tokio::sync::Mutex<Arc<Broker>>,
+}
+
+impl Link {
+    pub async fn connect(
+        url: &str,
+        heartbeat: Duration,
+        prefix: &str,
+        partitions: u32,
+    ) -> Result<Self, BrokerError> {
+        let broker = Broker::connect(url, heartbeat, prefix).await?;
+        broker.declare_partitions(partitions).await?;
+        Ok(Self {
+            url: url.to_owned(),
+            heartbeat,
+            prefix: prefix.to_owned(),
+            partitions,
+            current: tokio::sync::Mutex::new(Arc::new(broker)),
+        })
+    }
+
+    /// The connection in use, as it is (possibly lost: see [`Link::connected`]).
+    pub async fn current(&self) -> Arc<Broker> {
+        self.current.lock().await.clone()
+    }
+
+    /// A live connection: the current one, or a new one if it is lost. One caller reconnects
+    /// while the others wait for it.
+    pub async fn connected(&self) -> Result<Arc<Broker>, BrokerError> {
+        let mut current = self.current.lock().await;
+        if current.is_connected() {
+            return Ok(current.clone());
+        }
+        let broker = Broker::connect(&self.url, self.heartbeat, &self.prefix).await?;
+        broker.declare_partitions(self.partitions).await?;
+        metrics::counter!("whisper_cluster_broker_reconnects_total").increment(1);
+        tracing::info!(
+            url = %redact(&self.url),
+            "reconnected to the broker"
+        );
+        *current = Arc::new(broker);
+        Ok(current.clone())
+    }
+
+    /// Runs `op` on a live connection; if it fails because the connection was lost, reconnects
+    /// and tries again until `patience` has passed (a broker restart takes seconds).
+    pub async fn with_retry<T, F, Fut>(&self, patience: Duration, op: F) -> Result<T, BrokerError>
+    where
+        F: Fn(Arc<Broker>) -> Fut,
+        Fut: std::future::Future<Output = Result<T, BrokerError>>,
+    {
+        let deadline = tokio::time::Instant::now() + patience;
+        let mut pause = Duration::from_millis(100);
+        loop {
+            let attempt = match self.connected().await {
+                Ok(broker) => {
+                    let result = op(broker.clone()).await;
+                    match result {
+                        Err(e) if !broker.is_connected() => Err(e),
+                        other => return other,
+                    }
+                }
+                Err(e) => Err(e),
+            };
+            if tokio::time::Instant::now() + pause > deadline {
+                return attempt;
+            }
+            tokio::time::sleep(pause).await;
+            pause = (pause * 2).min(Duration::from_secs(2));
+        }
     }
 }
 

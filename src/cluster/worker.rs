@@ -8,21 +8,27 @@
 //! longer ranks for is yielded: no new deliveries are taken, the messages in flight finish
 //! (up to `cluster.handoff_timeout`) and are acked one by one, and the channel closes without
 //! `basic.cancel`, so whatever was not acked goes back into the queue in place, in order.
+//!
+//! A lost broker connection is replaced at the next round and every partition subscribed
+//! again; what was unacked on the old one is redelivered (the history store and Discord's
+//! nonce keep a re-run turn single). A turn older than `cluster.watchdog` means the process is
+//! hung: it exits, so a standby takes over.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use tokio::sync::watch;
-use tracing::{info, warn};
+use tracing::{error, info, warn};
 use whisper_actors::messages::{ReplyStatus, UserMessage};
 use whisper_actors::sink::ChannelSink;
-use whisper_actors::{ConversationKey, ShardRouter};
+use whisper_actors::{ConversationKey, Scope, ShardRouter};
 
-use super::broker::{Broker, BrokerError, Delivery};
+use super::broker::{Broker, BrokerError, Delivery, Link};
 use super::membership::Membership;
 use super::placement::assign;
-use super::wire::{Inbound, Outbound, OutboundState};
+use super::wire::{ForgetAnswer, ForgetRequest, Inbound, Outbound, OutboundState, ToGateway, Work};
+use crate::app::UserControl;
 use crate::config::ClusterSection;
 
 const ROLE: &str = "worker";
@@ -49,18 +55,33 @@ impl WorkerHandle {
     }
 }
 
+/// What a worker needs from the application it runs in.
+#[derive(Clone)]
+pub struct Runtime {
+    pub router: ShardRouter,
+    /// `/forget` published into a partition runs through it.
+    pub control: UserControl,
+}
+
+/// When each partition's oldest turn in flight started, for the watchdog.
+type Oldest = Arc<std::sync::Mutex<HashMap<u32, Instant>>>;
+
 /// Starts the worker loop. Must run inside the actix System (replies come through an actor).
 pub async fn start(
-    router: ShardRouter,
+    runtime: Runtime,
     cluster: &ClusterSection,
     membership: Membership,
     node: String,
     prefix: &str,
     report: crate::status::ClusterSlot,
 ) -> Result<WorkerHandle, BrokerError> {
-    let broker =
-        Arc::new(Broker::connect(cluster.broker_url.expose(), cluster.heartbeat, prefix).await?);
-    broker.declare_partitions(cluster.partitions).await?;
+    let link = Link::connect(
+        cluster.broker_url.expose(),
+        cluster.heartbeat,
+        prefix,
+        cluster.partitions,
+    )
+    .await?;
     let (stop, stopped) = watch::channel(false);
     let consumed: Arc<std::sync::Mutex<BTreeSet<u32>>> = Default::default();
     let settings = cluster.clone();
@@ -71,10 +92,29 @@ pub async fn start(
         let mut stopped = stopped;
         let mut was_owned: BTreeSet<u32> = BTreeSet::new();
         let mut round = 0u64;
+        let oldest: Oldest = Default::default();
+        let mut broker = link.current().await;
         loop {
             round += 1;
             if let Err(e) = membership.refresh(ROLE).await {
                 warn!(error = %e, "cannot refresh cluster membership");
+            }
+            watchdog(&oldest, settings.watchdog);
+            // The connection was lost: every consumer on it is gone with it (the broker
+            // returned their unacked messages). Subscribe everything again on a new one.
+            if !broker.is_connected() {
+                match link.connected().await {
+                    Ok(fresh) => {
+                        warn!("the broker connection was replaced; subscribing again");
+                        for (_, (tx, task)) in std::mem::take(&mut running) {
+                            let _ = tx.send(true);
+                            task.abort();
+                        }
+                        oldest.lock().unwrap_or_else(|e| e.into_inner()).clear();
+                        broker = fresh;
+                    }
+                    Err(e) => warn!(error = %e, "the broker is unreachable; retrying"),
+                }
             }
             let mut members = membership.members(ROLE).await.unwrap_or_default();
             if !members.contains(&node) {
@@ -130,17 +170,21 @@ pub async fn start(
                 .filter(|p| !running.contains_key(p) && !cooling.contains(p))
                 .copied()
                 .collect();
-            for p in &new {
-                let (yield_tx, yield_rx) = watch::channel(false);
-                let task = actix::spawn(serve_partition(
-                    broker.clone(),
-                    router.clone(),
-                    *p,
-                    settings.clone(),
-                    node.clone(),
-                    yield_rx,
-                ));
-                running.insert(*p, (yield_tx, task));
+            if broker.is_connected() {
+                for p in &new {
+                    let (yield_tx, yield_rx) = watch::channel(false);
+                    let task = actix::spawn(
+                        Partition {
+                            broker: broker.clone(),
+                            runtime: runtime.clone(),
+                            partition: *p,
+                            handoff: settings.handoff_timeout,
+                            oldest: oldest.clone(),
+                        }
+                        .serve(settings.prefetch, node.clone(), yield_rx),
+                    );
+                    running.insert(*p, (yield_tx, task));
+                }
             }
             let gone: Vec<u32> = running
                 .keys()
@@ -200,124 +244,247 @@ pub async fn start(
     })
 }
 
-/// One partition: route its deliveries into the runtime, publish the replies, ack each once
-/// its reply is final; on yield, finish what is in flight and close.
-async fn serve_partition(
+/// Exits the process when a turn has been in flight longer than `limit`: the runtime is hung
+/// (a deadlocked store call, a model stream that never ends past its own timeouts), and only
+/// a restart frees its partitions for a standby that answers them.
+fn watchdog(oldest: &Oldest, limit: Duration) {
+    if limit.is_zero() {
+        return;
+    }
+    let stuck = oldest
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .iter()
+        .filter(|(_, since)| since.elapsed() > limit)
+        .map(|(p, since)| (*p, since.elapsed()))
+        .next();
+    if let Some((partition, age)) = stuck {
+        metrics::counter!("whisper_cluster_watchdog_exits_total").increment(1);
+        error!(
+            partition,
+            ?age,
+            ?limit,
+            "a turn has been in flight longer than cluster.watchdog: this worker is hung; exiting so a standby takes its partitions"
+        );
+        std::process::exit(70);
+    }
+}
+
+/// A delivery whose turn is running, and where its reply goes.
+struct Held {
+    delivery: Delivery,
+    reply_to: String,
+    character: String,
+    channel: Option<u64>,
+    guild: Option<u64>,
+    started: Instant,
+}
+
+/// One partition's consumer.
+struct Partition {
     broker: Arc<Broker>,
-    router: ShardRouter,
+    runtime: Runtime,
     partition: u32,
-    settings: ClusterSection,
-    node: String,
-    mut yielded: watch::Receiver<bool>,
-) {
-    let mut consumer = match broker.consume(partition, settings.prefetch, &node).await {
-        Ok(c) => c,
-        Err(e) => {
-            warn!(partition, error = %e, "cannot consume a partition; retried at the next placement");
-            return;
-        }
-    };
-    let (sink, mut updates) = ChannelSink::start();
-    // (user, message id) -> its deliveries in arrival order (a message published twice is
-    // answered twice, in order) and where their replies go.
-    type Held = std::collections::VecDeque<(Delivery, String, String)>;
-    let mut pending: HashMap<(String, u64), Held> = HashMap::new();
-    let mut deadline: Option<Instant> = None;
-    loop {
-        if let Some(at) = deadline
-            && (pending.is_empty() || Instant::now() >= at)
-        {
-            if !pending.is_empty() {
-                warn!(
-                    partition,
-                    left = pending.len(),
-                    "hand-over timed out; unacked messages go back to the queue"
-                );
+    handoff: Duration,
+    oldest: Oldest,
+}
+
+impl Partition {
+    /// Routes the partition's deliveries into the runtime, publishes the replies, acks each
+    /// once its reply is final; on yield, finishes what is in flight and closes.
+    async fn serve(self, prefetch: u16, node: String, mut yielded: watch::Receiver<bool>) {
+        let partition = self.partition;
+        let mut consumer = match self.broker.consume(partition, prefetch, &node).await {
+            Ok(c) => c,
+            Err(e) => {
+                warn!(partition, error = %e, "cannot consume a partition; retried at the next placement");
+                return;
             }
-            consumer.close().await;
-            return;
-        }
-        tokio::select! {
-            delivery = consumer.next(), if deadline.is_none() => {
-                let Some(delivery) = delivery else { return };
-                let inbound: Inbound = match serde_json::from_slice(&delivery.payload) {
-                    Ok(m) => m,
-                    Err(e) => {
-                        warn!(partition, error = %e, "an undecodable message; acked and dropped");
-                        let _ = delivery.ack().await;
+        };
+        let (sink, mut updates) = ChannelSink::start();
+        // (user, message id) -> its deliveries in arrival order (a message published twice is
+        // answered twice, in order).
+        let mut pending: HashMap<(String, u64), VecDeque<Held>> = HashMap::new();
+        // A `/forget` waits for the user's turns before it; no delivery is taken meanwhile, so
+        // nothing the user sent after it runs first.
+        let mut parked: Option<(ForgetRequest, Delivery)> = None;
+        let mut deadline: Option<Instant> = None;
+        loop {
+            self.note_oldest(&pending);
+            if let Some((forget, _)) = &parked
+                && !pending.keys().any(|(user, _)| user == &forget.user)
+            {
+                let (forget, delivery) = parked.take().expect("checked");
+                self.forget(forget, delivery).await;
+                continue;
+            }
+            if let Some(at) = deadline
+                && ((pending.is_empty() && parked.is_none()) || Instant::now() >= at)
+            {
+                if !pending.is_empty() {
+                    warn!(
+                        partition,
+                        left = pending.len(),
+                        "hand-over timed out; unacked messages go back to the queue"
+                    );
+                }
+                self.oldest_done();
+                consumer.close().await;
+                return;
+            }
+            tokio::select! {
+                delivery = consumer.next(), if deadline.is_none() && parked.is_none() => {
+                    let Some(delivery) = delivery else {
+                        self.oldest_done();
+                        return;
+                    };
+                    match serde_json::from_slice::<Work>(&delivery.payload) {
+                        Ok(Work::Message(inbound)) => self.start_turn(inbound, delivery, &sink, &mut pending).await,
+                        Ok(Work::Forget(forget)) => parked = Some((forget, delivery)),
+                        Err(e) => {
+                            warn!(partition, error = %e, "an undecodable message; acked and dropped");
+                            metrics::counter!("whisper_cluster_undecodable_total").increment(1);
+                            let _ = delivery.ack().await;
+                        }
+                    }
+                }
+                Some(update) = updates.recv() => {
+                    let id = (update.key.user.to_string(), update.message_id);
+                    let Some(held) = pending.get(&id).and_then(|q| q.front()) else {
                         continue;
+                    };
+                    let out = Outbound {
+                        message_id: update.message_id,
+                        character: held.character.clone(),
+                        user: id.0.clone(),
+                        channel: held.channel,
+                        guild: held.guild,
+                        text: update.text.clone(),
+                        state: match &update.status {
+                            ReplyStatus::Streaming => OutboundState::Streaming,
+                            ReplyStatus::Done(_) => OutboundState::Done,
+                            ReplyStatus::Failed(kind) => OutboundState::Failed(format!("{kind:?}")),
+                        },
+                    };
+                    let reply_to = held.reply_to.clone();
+                    if let Err(e) = self.send(&reply_to, ToGateway::Reply(out.clone())).await {
+                        warn!(partition, error = %e, "cannot publish a reply update");
                     }
-                };
-                let routed = router.route(UserMessage {
-                    key: ConversationKey::new(inbound.character.as_str(), inbound.user.as_str()),
-                    scope: inbound.scope.parse().unwrap_or(whisper_actors::Scope::Direct),
-                    channel: inbound.channel,
-                    display_name: inbound.display_name.clone(),
-                    text: inbound.text.clone(),
-                    message_id: inbound.message_id,
-                    received_at: Instant::now(),
-                    reply_to: sink.clone(),
-                });
-                match routed {
-                    Ok(()) => {
-                        pending
-                            .entry((inbound.user.clone(), inbound.message_id))
-                            .or_default()
-                            .push_back((delivery, inbound.reply_to, inbound.character));
-                    }
-                    Err(e) => {
-                        let failed = Outbound {
-                            message_id: inbound.message_id,
-                            character: inbound.character,
-                            user: inbound.user,
-                            text: "I can't answer that right now.".into(),
-                            state: OutboundState::Failed(e.to_string()),
-                        };
-                        let _ = broker
-                            .publish_to(&inbound.reply_to, &serde_json::to_vec(&failed).expect("serialises"))
-                            .await;
-                        let _ = delivery.ack().await;
+                    if out.is_final() {
+                        let done = pending.get_mut(&id).and_then(VecDeque::pop_front);
+                        if pending.get(&id).is_some_and(VecDeque::is_empty) {
+                            pending.remove(&id);
+                        }
+                        if let Some(held) = done
+                            && let Err(e) = held.delivery.ack().await
+                        {
+                            warn!(partition, error = %e, "cannot ack a delivery; it will be redelivered");
+                        }
                     }
                 }
-            }
-            Some(update) = updates.recv() => {
-                let id = (update.key.user.to_string(), update.message_id);
-                let Some((_, reply_to, character)) = pending.get(&id).and_then(|q| q.front())
-                else {
-                    continue;
-                };
-                let out = Outbound {
-                    message_id: update.message_id,
-                    character: character.clone(),
-                    user: id.0.clone(),
-                    text: update.text.clone(),
-                    state: match &update.status {
-                        ReplyStatus::Streaming => OutboundState::Streaming,
-                        ReplyStatus::Done(_) => OutboundState::Done,
-                        ReplyStatus::Failed(kind) => OutboundState::Failed(format!("{kind:?}")),
-                    },
-                };
-                if let Err(e) = broker
-                    .publish_to(reply_to, &serde_json::to_vec(&out).expect("serialises"))
-                    .await
-                {
-                    warn!(partition, error = %e, "cannot publish a reply update");
+                _ = yielded.changed(), if deadline.is_none() => {
+                    deadline = Some(Instant::now() + self.handoff);
                 }
-                if out.is_final() {
-                    let done = pending.get_mut(&id).and_then(|q| q.pop_front());
-                    if pending.get(&id).is_some_and(|q| q.is_empty()) {
-                        pending.remove(&id);
-                    }
-                    if let Some((delivery, _, _)) = done
-                        && let Err(e) = delivery.ack().await
-                    {
-                        warn!(partition, error = %e, "cannot ack a delivery; it will be redelivered");
-                    }
-                }
-            }
-            _ = yielded.changed(), if deadline.is_none() => {
-                deadline = Some(Instant::now() + settings.handoff_timeout);
             }
         }
+    }
+
+    async fn start_turn(
+        &self,
+        inbound: Inbound,
+        delivery: Delivery,
+        sink: &actix::Recipient<whisper_actors::messages::ReplyUpdate>,
+        pending: &mut HashMap<(String, u64), VecDeque<Held>>,
+    ) {
+        let scope = inbound.scope.parse().unwrap_or(Scope::Direct);
+        let guild = match scope {
+            Scope::Guild(g) => Some(g),
+            _ => None,
+        };
+        let routed = self.runtime.router.route(UserMessage {
+            key: ConversationKey::new(inbound.character.as_str(), inbound.user.as_str()),
+            scope,
+            channel: inbound.channel,
+            display_name: inbound.display_name.clone(),
+            text: inbound.text.clone(),
+            message_id: inbound.message_id,
+            received_at: Instant::now(),
+            reply_to: sink.clone(),
+        });
+        match routed {
+            Ok(()) => {
+                pending
+                    .entry((inbound.user.clone(), inbound.message_id))
+                    .or_default()
+                    .push_back(Held {
+                        delivery,
+                        reply_to: inbound.reply_to,
+                        character: inbound.character,
+                        channel: inbound.channel,
+                        guild,
+                        started: Instant::now(),
+                    });
+            }
+            Err(e) => {
+                let failed = Outbound {
+                    message_id: inbound.message_id,
+                    character: inbound.character,
+                    user: inbound.user,
+                    channel: inbound.channel,
+                    guild,
+                    text: "I can't answer that right now.".into(),
+                    state: OutboundState::Failed(e.to_string()),
+                };
+                let _ = self.send(&inbound.reply_to, ToGateway::Reply(failed)).await;
+                let _ = delivery.ack().await;
+            }
+        }
+    }
+
+    /// Runs a parked `/forget` (the user's earlier turns are done), answers the gateway, acks.
+    async fn forget(&self, forget: ForgetRequest, delivery: Delivery) {
+        let outcome = self
+            .runtime
+            .control
+            .forget(&forget.user, forget.scope)
+            .await
+            .map(|report| report.to_string())
+            .map_err(|e| format!("{e:#}"));
+        if let Err(e) = &outcome {
+            warn!(partition = self.partition, error = %e, "forget failed");
+        }
+        let answer = ToGateway::Forgotten(ForgetAnswer {
+            request: forget.request,
+            outcome,
+        });
+        if let Err(e) = self.send(&forget.reply_to, answer).await {
+            warn!(partition = self.partition, error = %e, "cannot answer a forget request");
+        }
+        if let Err(e) = delivery.ack().await {
+            // Redelivered and run again: forgetting twice deletes nothing more.
+            warn!(partition = self.partition, error = %e, "cannot ack a forget request");
+        }
+    }
+
+    async fn send(&self, queue: &str, message: ToGateway) -> Result<(), BrokerError> {
+        self.broker
+            .publish_to(queue, &serde_json::to_vec(&message).expect("serialises"))
+            .await
+    }
+
+    fn note_oldest(&self, pending: &HashMap<(String, u64), VecDeque<Held>>) {
+        let oldest = pending.values().flatten().map(|h| h.started).min();
+        let mut map = self.oldest.lock().unwrap_or_else(|e| e.into_inner());
+        match oldest {
+            Some(at) => map.insert(self.partition, at),
+            None => map.remove(&self.partition),
+        };
+    }
+
+    fn oldest_done(&self) {
+        self.oldest
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&self.partition);
     }
 }

@@ -257,6 +257,40 @@ fn cluster_rules(loaded: &Loaded) -> Result<(), ConfigError> {
     if c.prefetch == 0 {
         return Err(loaded.invalid("cluster.prefetch", "at least 1"));
     }
+    let d = &s.discord;
+    match (d.shard_total, d.shard_last) {
+        (AutoCount::Fixed(0), _) => {
+            return Err(loaded.invalid("discord.shard_total", "at least 1, or \"auto\""));
+        }
+        (AutoCount::Fixed(total), _) if d.shard_first >= total => {
+            return Err(loaded.invalid(
+                "discord.shard_first",
+                &format!("below discord.shard_total ({total})"),
+            ));
+        }
+        (AutoCount::Fixed(total), AutoCount::Fixed(last)) if last >= total => {
+            return Err(loaded.invalid(
+                "discord.shard_last",
+                &format!("below discord.shard_total ({total}), or \"auto\""),
+            ));
+        }
+        (AutoCount::Auto, _) if d.shard_first != 0 => {
+            return Err(loaded.invalid(
+                "discord.shard_first",
+                "0 while discord.shard_total is \"auto\" (a range needs a fixed total)",
+            ));
+        }
+        (AutoCount::Auto, AutoCount::Fixed(_)) => {
+            return Err(loaded.invalid(
+                "discord.shard_last",
+                "\"auto\" while discord.shard_total is \"auto\" (a range needs a fixed total)",
+            ));
+        }
+        (_, AutoCount::Fixed(last)) if last < d.shard_first => {
+            return Err(loaded.invalid("discord.shard_last", "at least discord.shard_first"));
+        }
+        _ => {}
+    }
     if c.role == ClusterRole::All {
         return Ok(());
     }

@@ -161,6 +161,10 @@ pub struct ClusterSection {
     pub heartbeat: Duration,
     #[serde(with = "humantime_serde")]
     pub member_ttl: Duration,
+    /// A worker whose oldest turn in flight is older than this exits (its partitions fail over
+    /// to a standby, which re-runs the turn); 0 turns the watchdog off.
+    #[serde(with = "humantime_serde")]
+    pub watchdog: Duration,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -207,7 +211,62 @@ pub struct DiscordSection {
     /// How long a channel that refused the bot (403) is skipped, unless its permissions change.
     #[serde(with = "humantime_serde")]
     pub forbidden_retry: Duration,
+    /// How many gateway shards the bot has in all: a number, or "auto" (Discord's
+    /// recommendation from `/gateway/bot`).
+    pub shard_total: AutoCount,
+    /// The shards this process runs, first to last inclusive ("auto" as last: up to the end).
+    pub shard_first: u32,
+    pub shard_last: AutoCount,
     pub channel_context: ChannelContextSection,
+}
+
+/// A count that is either given or decided at start ("auto"). Written as a number or the
+/// string "auto" (an environment variable may give the number as a string).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum AutoCount {
+    Auto,
+    Fixed(u32),
+}
+
+impl Serialize for AutoCount {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        match self {
+            AutoCount::Auto => s.serialize_str("auto"),
+            AutoCount::Fixed(n) => s.serialize_u32(*n),
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for AutoCount {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct Visitor;
+        impl serde::de::Visitor<'_> for Visitor {
+            type Value = AutoCount;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a non-negative number or \"auto\"")
+            }
+            fn visit_u64<E: serde::de::Error>(self, v: u64) -> Result<AutoCount, E> {
+                u32::try_from(v)
+                    .map(AutoCount::Fixed)
+                    .map_err(|_| E::custom("a number below 2^32"))
+            }
+            fn visit_i64<E: serde::de::Error>(self, v: i64) -> Result<AutoCount, E> {
+                u64::try_from(v)
+                    .map_err(|_| E::custom("a non-negative number or \"auto\""))
+                    .and_then(|v| self.visit_u64(v))
+            }
+            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<AutoCount, E> {
+                match v.trim() {
+                    "auto" => Ok(AutoCount::Auto),
+                    n => n
+                        .parse::<u32>()
+                        .map(AutoCount::Fixed)
+                        .map_err(|_| E::invalid_value(serde::de::Unexpected::Str(v), &self)),
+                }
+            }
+        }
+        d.deserialize_any(Visitor)
+    }
 }
 
 /// What a character sees of a guild channel's recent conversation.

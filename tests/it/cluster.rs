@@ -129,6 +129,25 @@ fn cluster_mode_refuses_an_embedded_store() {
     assert!(text.contains("server store"), "{text}");
 }
 
+fn runtime(app: &whisperengine::app::App) -> whisperengine::cluster::worker::Runtime {
+    whisperengine::cluster::worker::Runtime {
+        router: app.router(),
+        control: app.control(),
+    }
+}
+
+/// The final reply updates in a gateway's queue message (forget reports are not replies).
+fn reply(payload: &[u8]) -> Option<whisperengine::cluster::wire::Outbound> {
+    match serde_json::from_slice(payload).unwrap() {
+        whisperengine::cluster::wire::ToGateway::Reply(out) => Some(out),
+        whisperengine::cluster::wire::ToGateway::Forgotten(_) => None,
+    }
+}
+
+fn work(m: &whisperengine::cluster::wire::Inbound) -> Vec<u8> {
+    serde_json::to_vec(&whisperengine::cluster::wire::Work::Message(m.clone())).unwrap()
+}
+
 /// A worker app on the server stores this machine runs (cluster mode refuses embedded ones).
 async fn worker_app(
     postgres: &crate::support::pgvector::PgVector,
@@ -182,7 +201,7 @@ fn workers_share_partitions_and_hand_them_over_in_order() {
         let start_worker = |app: &whisperengine::app::App, node: &str| {
             let membership = Membership::new(pool.clone(), &redis.0, node, Duration::from_secs(3));
             whisperengine::cluster::worker::start(
-                app.router(),
+                runtime(app),
                 &cluster,
                 membership,
                 node.to_owned(),
@@ -251,7 +270,7 @@ fn workers_share_partitions_and_hand_them_over_in_order() {
             let answered_by_first = app1.runtime().status().replies;
             for m in &messages {
                 gateway
-                    .publish(partition_of(&m.user, 8), &serde_json::to_vec(m).unwrap())
+                    .publish(partition_of(&m.user, 8), &work(m))
                     .await
                     .unwrap();
             }
@@ -262,7 +281,7 @@ fn workers_share_partitions_and_hand_them_over_in_order() {
                     .await
                     .expect("replies within 30 s")
                     .unwrap();
-                let out: Outbound = serde_json::from_slice(&d.payload).unwrap();
+                let out: Outbound = reply(&d.payload).unwrap();
                 d.ack().await.unwrap();
                 if out.is_final() {
                     assert_eq!(out.state, OutboundState::Done, "{out:?}");
@@ -316,22 +335,52 @@ fn workers_share_partitions_and_hand_them_over_in_order() {
     });
 }
 
-/// The whole path in cluster mode: a Discord message reaches the gateway (the real serenity
-/// client against the emulator), goes into its user's partition on RabbitMQ, is answered by a
-/// worker, and the reply comes back over the broker to the gateway's DiscordActor, which
-/// writes it to the channel.
-#[test]
-fn a_discord_message_goes_through_the_broker_and_back() {
-    use crate::support::discord::{DiscordEmulator, Incoming};
-    crate::support::app::run_actix(|| async {
+/// A gateway (the real serenity client against the Discord emulator) and one worker, in
+/// process, on the real broker and server stores.
+struct DiscordRig {
+    llm: crate::support::openai_server::ScriptedLlm,
+    postgres: crate::support::pgvector::PgVector,
+    _graph: crate::support::arcadedb::ArcadeDb,
+    _redis: RedisPrefix,
+    emu: crate::support::discord::DiscordEmulator,
+    bot: u64,
+    queues: String,
+    worker_app: whisperengine::app::App,
+    worker: whisperengine::cluster::worker::WorkerHandle,
+    gateway_app: whisperengine::app::App,
+    bots: whisperengine::transport::discord::DiscordBots,
+    _dirs: (tempfile::TempDir, tempfile::TempDir),
+    shards: u32,
+}
+
+impl DiscordRig {
+    /// `shards`: the bot's Discord shard count (the gateway runs them all).
+    async fn start(shards: u32) -> DiscordRig {
+        Self::start_with(
+            shards,
+            whisperengine::config::AutoCount::Auto,
+            shards as usize,
+        )
+        .await
+    }
+
+    /// Discord expects `shards`; the gateway is configured with `configured` and waited for
+    /// until `connected` sessions are up.
+    async fn start_with(
+        shards: u32,
+        configured: whisperengine::config::AutoCount,
+        connected: usize,
+    ) -> DiscordRig {
+        use crate::support::discord::DiscordEmulator;
         let llm = crate::support::openai_server::ScriptedLlm::start().await;
         let postgres = crate::support::pgvector::PgVector::start().await;
         let graph = crate::support::arcadedb::ArcadeDb::start().await;
         let redis = RedisPrefix::new();
         let emu = DiscordEmulator::start().await;
+        emu.set_shard_total(u64::from(shards));
         let queues = redis.0.clone();
 
-        let (worker_app, _wd) = worker_app(&postgres, &llm, &redis.0, &graph).await;
+        let (worker_app, worker_dir) = worker_app(&postgres, &llm, &redis.0, &graph).await;
         let mut cluster =
             crate::support::app::settings(std::path::Path::new("/tmp"), "http://x").cluster;
         cluster.partitions = 4;
@@ -343,7 +392,7 @@ fn a_discord_message_goes_through_the_broker_and_back() {
         .await
         .unwrap();
         let worker = whisperengine::cluster::worker::start(
-            worker_app.router(),
+            runtime(&worker_app),
             &cluster,
             Membership::new(pool, &redis.0, "w1", Duration::from_secs(3)),
             "w1".into(),
@@ -368,6 +417,7 @@ fn a_discord_message_goes_through_the_broker_and_back() {
         graph.configure(&mut s);
         s.discord.api_url = emu.url();
         s.discord.ratelimiter = false;
+        s.discord.shard_total = configured;
         let bot = emu.add_bot("token-aria", "aria");
         s.discord.tokens.insert("aria".into(), "token-aria".into());
         let gateway_app =
@@ -375,50 +425,244 @@ fn a_discord_message_goes_through_the_broker_and_back() {
         let bots = whisperengine::transport::discord::start(&gateway_app, &s)
             .await
             .expect("the gateway's bot starts");
-        emu.wait_connected(1).await;
+        emu.wait_connected(connected).await;
+        DiscordRig {
+            llm,
+            postgres,
+            _graph: graph,
+            _redis: redis,
+            emu,
+            bot,
+            queues,
+            worker_app,
+            worker,
+            gateway_app,
+            bots,
+            _dirs: (worker_dir, gateway_dir),
+            shards,
+        }
+    }
 
-        let message = emu.post(Incoming {
+    /// Waits until the reply to `message` in `channel` shows `text`.
+    async fn answered(&self, channel: u64, text: &str) {
+        for _ in 0..800 {
+            if self.emu.calls().iter().any(|c| {
+                c.status < 300 && c.content.as_deref() == Some(text) && c.channel == channel
+            }) {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+        panic!("{text:?} never written: {:#?}", self.emu.calls());
+    }
+
+    async fn stop(self) {
+        self.bots.shutdown().await;
+        self.gateway_app.shutdown().await;
+        self.worker.leave().await;
+        self.worker_app.shutdown().await;
+        let cleanup = Broker::connect(BROKER, Duration::from_secs(10), &self.queues)
+            .await
+            .unwrap();
+        cleanup.delete_partitions(4).await.unwrap();
+        for shard in 0..self.shards {
+            let _ = cleanup
+                .delete_queue(&format!("{}.replies.aria.{shard}", self.queues))
+                .await;
+        }
+        cleanup.close().await;
+    }
+}
+
+/// The whole path in cluster mode: a Discord message reaches the gateway (the real serenity
+/// client against the emulator), goes into its user's partition on RabbitMQ, is answered by a
+/// worker, and the reply comes back over the broker to the gateway's DiscordActor, which
+/// writes it to the channel.
+#[test]
+fn a_discord_message_goes_through_the_broker_and_back() {
+    use crate::support::discord::Incoming;
+    crate::support::app::run_actix(|| async {
+        let rig = DiscordRig::start(1).await;
+        rig.emu.post(Incoming {
             author: 42,
             author_name: "sam".into(),
             guild: Some(500),
             channel: 600,
-            content: format!("<@{bot}> hi over the broker"),
-            mentions: vec![bot],
+            content: format!("<@{}> hi over the broker", rig.bot),
+            mentions: vec![rig.bot],
             ..Default::default()
         });
-        let mut answered = false;
-        for _ in 0..400 {
-            if emu.calls().iter().any(|c| {
-                c.status < 300
-                    && c.content.as_deref() == Some("echo: hi over the broker")
-                    && c.channel == 600
-            }) {
-                answered = true;
+        rig.answered(600, "echo: hi over the broker").await;
+        assert_eq!(
+            rig.gateway_app.runtime().status().replies,
+            0,
+            "the gateway answered nothing itself"
+        );
+        assert_eq!(
+            rig.worker_app.runtime().status().replies,
+            1,
+            "the worker did"
+        );
+        rig.stop().await;
+    });
+}
+
+/// `/forget` goes into the user's partition behind the messages they sent before it: it runs
+/// once they are answered and stored (so it reports their turns), and leaves no row of the
+/// user in any store.
+#[test]
+fn forget_runs_after_the_users_queued_messages() {
+    use crate::support::discord::Incoming;
+    crate::support::app::run_actix(|| async {
+        let rig = DiscordRig::start(1).await;
+        // Slow replies: the messages are still queued when /forget arrives.
+        rig.llm.set_echo_delay(Duration::from_millis(40));
+        for _ in 0..200 {
+            if rig.emu.commands(rig.bot).len() == 6 {
                 break;
             }
             tokio::time::sleep(Duration::from_millis(25)).await;
         }
-        assert!(answered, "reply to {message} written: {:#?}", emu.calls());
-        assert_eq!(
-            gateway_app.runtime().status().replies,
-            0,
-            "the gateway answered nothing itself"
+        let user = 4_343u64;
+        for k in 0..5 {
+            rig.emu.post(Incoming {
+                author: user,
+                author_name: "lou".into(),
+                channel: 7_000,
+                content: format!("queued message {k} about my cat Pixel"),
+                ..Default::default()
+            });
+        }
+        rig.emu.slash(rig.bot, user, "forget", &[("scope", "all")]);
+        let mut answer = None;
+        for _ in 0..1200 {
+            answer =
+                rig.emu.calls().into_iter().find(|c| {
+                    (c.kind == "interaction" || c.kind == "followup") && c.content.is_some()
+                });
+            if answer.is_some() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+        let answer = answer.expect("the forget command answers").content.unwrap();
+        assert!(
+            answer.contains("forgotten: 5 conversation turns"),
+            "the forget ran after the 5 queued turns: {answer}"
         );
-        assert_eq!(worker_app.runtime().status().replies, 1, "the worker did");
-
-        bots.shutdown().await;
-        gateway_app.shutdown().await;
-        worker.leave().await;
-        worker_app.shutdown().await;
-        let cleanup = Broker::connect(BROKER, Duration::from_secs(10), &queues)
-            .await
-            .unwrap();
-        cleanup.delete_partitions(4).await.unwrap();
-        cleanup
-            .delete_queue(&format!("{queues}.replies.gw1"))
-            .await
-            .unwrap();
+        for k in 0..5 {
+            rig.answered(
+                7_000,
+                &format!("echo: queued message {k} about my cat Pixel"),
+            )
+            .await;
+        }
+        crate::support::app::drain(&rig.worker_app).await;
+        let (client, conn) =
+            tokio_postgres::connect(&rig.postgres.url("whisper"), tokio_postgres::NoTls)
+                .await
+                .unwrap();
+        tokio::spawn(conn);
+        let key = format!("discord:{user}");
+        for table in ["turns", "profiles", "memories"] {
+            let n: i64 = client
+                .query_one(
+                    &format!("SELECT count(*) FROM {table} WHERE user_id = $1"),
+                    &[&key],
+                )
+                .await
+                .unwrap()
+                .get(0);
+            assert_eq!(n, 0, "{table} rows of the forgotten user");
+        }
+        let facts = rig.worker_app.control().data().facts(&key).await.unwrap();
+        assert!(facts.is_empty(), "{facts:?}");
+        rig.stop().await;
     });
+}
+
+/// Discord sharding: the gateway identifies every shard of the total Discord recommends
+/// (`shard_total = "auto"`), a guild's messages arrive on shard `(guild_id >> 22) % total` and
+/// DMs on shard 0, and each reply comes back on its shard's queue to the same bot.
+#[test]
+fn a_sharded_gateway_answers_on_every_shard() {
+    use crate::support::discord::Incoming;
+    crate::support::app::run_actix(|| async {
+        let rig = DiscordRig::start(3).await;
+        assert_eq!(rig.emu.shards_of("token-aria"), [(0, 3), (1, 3), (2, 3)]);
+        assert_eq!(rig.emu.invalid_shards(), 0);
+        // One guild per shard, and a DM.
+        for stamp in 0..3u64 {
+            let guild = (stamp << 22) | 17;
+            rig.emu.post(Incoming {
+                author: 50 + stamp,
+                author_name: "sam".into(),
+                guild: Some(guild),
+                channel: 800 + stamp,
+                content: format!("<@{}> hello from shard {stamp}", rig.bot),
+                mentions: vec![rig.bot],
+                ..Default::default()
+            });
+        }
+        rig.emu.post(Incoming {
+            author: 60,
+            author_name: "dee".into(),
+            channel: 900,
+            content: "a direct message".into(),
+            ..Default::default()
+        });
+        for stamp in 0..3u64 {
+            rig.answered(800 + stamp, &format!("echo: hello from shard {stamp}"))
+                .await;
+        }
+        rig.answered(900, "echo: a direct message").await;
+        rig.stop().await;
+    });
+}
+
+/// The configuration refuses a shard range that does not fit its total, naming the key.
+#[test]
+fn shard_ranges_are_checked() {
+    for (key, value, named) in [
+        ("WHISPER__DISCORD__SHARD_TOTAL", "0", "discord.shard_total"),
+        ("WHISPER__DISCORD__SHARD_FIRST", "1", "discord.shard_first"),
+    ] {
+        // SAFETY of set_var: nextest runs each test in its own process.
+        unsafe { std::env::set_var(key, value) };
+        let error = whisperengine::config::load(&whisperengine::config::Overrides {
+            config_file: None,
+            data_dir: None,
+            ignore_environment: false,
+        })
+        .err()
+        .expect("refused");
+        assert!(error.to_string().contains(named), "{error}");
+        unsafe { std::env::remove_var(key) };
+    }
+    unsafe {
+        std::env::set_var("WHISPER__DISCORD__SHARD_TOTAL", "4");
+        std::env::set_var("WHISPER__DISCORD__SHARD_FIRST", "2");
+        std::env::set_var("WHISPER__DISCORD__SHARD_LAST", "4");
+    }
+    let error = whisperengine::config::load(&whisperengine::config::Overrides {
+        config_file: None,
+        data_dir: None,
+        ignore_environment: false,
+    })
+    .err()
+    .expect("refused");
+    assert!(error.to_string().contains("discord.shard_last"), "{error}");
+    unsafe { std::env::set_var("WHISPER__DISCORD__SHARD_LAST", "3") };
+    let loaded = whisperengine::config::load(&whisperengine::config::Overrides {
+        config_file: None,
+        data_dir: None,
+        ignore_environment: false,
+    })
+    .expect("a range inside the total loads");
+    assert_eq!(
+        loaded.settings.discord.shard_total,
+        whisperengine::config::AutoCount::Fixed(4)
+    );
 }
 
 /// At-least-once delivery made exact in the store: a Discord message delivered twice (as after
@@ -444,7 +688,7 @@ fn a_redelivered_message_is_stored_once() {
         .await
         .unwrap();
         let worker = whisperengine::cluster::worker::start(
-            app.router(),
+            runtime(&app),
             &cluster,
             Membership::new(pool, &redis.0, "w1", Duration::from_secs(3)),
             "w1".into(),
@@ -471,10 +715,7 @@ fn a_redelivered_message_is_stored_once() {
         };
         let partition = whisperengine::cluster::partition::partition_of(&message.user, 2);
         for _ in 0..2 {
-            gateway
-                .publish(partition, &serde_json::to_vec(&message).unwrap())
-                .await
-                .unwrap();
+            gateway.publish(partition, &work(&message)).await.unwrap();
         }
         let mut finals = 0;
         while finals < 2 {
@@ -482,7 +723,7 @@ fn a_redelivered_message_is_stored_once() {
                 .await
                 .expect("both deliveries answered")
                 .unwrap();
-            let out: Outbound = serde_json::from_slice(&d.payload).unwrap();
+            let out: Outbound = reply(&d.payload).unwrap();
             d.ack().await.unwrap();
             finals += usize::from(out.is_final());
         }

@@ -9,6 +9,7 @@ mod binary;
 mod cancellation;
 mod classifier;
 mod cluster;
+mod cluster_processes;
 mod context;
 mod discord;
 mod embeddings;

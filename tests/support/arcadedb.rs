@@ -25,6 +25,20 @@ impl ArcadeDb {
         s.storage.neo4j_password = PASSWORD.into();
         s.storage.neo4j_database = DATABASE.into();
     }
+
+    /// The same, as environment variables for a `whisperengine` process.
+    pub fn env(&self) -> Vec<(String, String)> {
+        [
+            ("WHISPER__STORAGE__FACTS", "neo4j".to_owned()),
+            ("WHISPER__STORAGE__NEO4J_URI", self.bolt_uri.clone()),
+            ("WHISPER__STORAGE__NEO4J_USER", "root".to_owned()),
+            ("WHISPER__STORAGE__NEO4J_PASSWORD", PASSWORD.to_owned()),
+            ("WHISPER__STORAGE__NEO4J_DATABASE", DATABASE.to_owned()),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_owned(), v))
+        .collect()
+    }
 }
 
 fn free_port() -> u16 {

@@ -46,6 +46,8 @@ pub struct Call {
     pub reply_to: Option<u64>,
     /// The HTTP status the emulator answered.
     pub status: u16,
+    /// For a send: Discord returned the message an earlier send with the same nonce created.
+    pub nonce_reused: bool,
 }
 
 /// What the next write (send or edit) gets instead of success.
@@ -73,6 +75,24 @@ struct Gateway {
     token: String,
     tx: mpsc::UnboundedSender<Value>,
     seq: Arc<AtomicU64>,
+    /// (shard id, shard total) from IDENTIFY.
+    shard: (u64, u64),
+}
+
+impl Gateway {
+    /// Discord sends a guild's events on shard `(guild_id >> 22) % total`, the rest (direct
+    /// messages) on shard 0.
+    fn carries(&self, d: &Value) -> bool {
+        let guild = d["guild_id"]
+            .as_str()
+            .and_then(|g| g.parse::<u64>().ok())
+            .or_else(|| d["guild_id"].as_u64());
+        let (id, total) = self.shard;
+        match guild {
+            Some(guild) => (guild >> 22) % total.max(1) == id,
+            None => id == 0,
+        }
+    }
 }
 
 #[derive(Default)]
@@ -92,11 +112,20 @@ struct Shared {
     limited: Mutex<Vec<(String, Instant)>>,
     gateways: Mutex<Vec<Gateway>>,
     identifies: AtomicU64,
+    /// IDENTIFYs refused with 4010 (a shard outside the total).
+    invalid_shards: AtomicU64,
     resumes: AtomicU64,
     next_id: AtomicU64,
     attachments: Mutex<HashMap<String, String>>,
     /// Slash commands registered (as sent), per application id.
     commands: Mutex<HashMap<u64, Vec<Value>>>,
+    /// Bots' messages by (bot id, nonce), for `enforce_nonce` (Discord keeps them a few
+    /// minutes; a test never runs longer).
+    nonces: Mutex<HashMap<(u64, String), u64>>,
+    /// The shard count bots must identify with (0: any; `/gateway/bot` then says 1).
+    shard_total: AtomicU64,
+    /// The bots' messages as they read now (created, then edited).
+    bot_messages: Mutex<HashMap<u64, Value>>,
 }
 
 #[derive(Clone)]
@@ -219,6 +248,31 @@ impl DiscordEmulator {
         );
     }
 
+    /// Makes bots shard: `/gateway/bot` recommends `total`, and an IDENTIFY with another
+    /// total (or a shard id outside it) is closed with 4010.
+    pub fn set_shard_total(&self, total: u64) {
+        self.shared.shard_total.store(total, Ordering::Relaxed);
+    }
+
+    /// The (shard id, total) of each live gateway session of the bot with this token.
+    pub fn shards_of(&self, token: &str) -> Vec<(u64, u64)> {
+        let mut shards: Vec<(u64, u64)> = self
+            .shared
+            .gateways
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|g| g.token == token && !g.tx.is_closed())
+            .map(|g| g.shard)
+            .collect();
+        shards.sort();
+        shards
+    }
+
+    pub fn invalid_shards(&self) -> u64 {
+        self.shared.invalid_shards.load(Ordering::Relaxed)
+    }
+
     pub fn identifies(&self) -> u64 {
         self.shared.identifies.load(Ordering::Relaxed)
     }
@@ -318,7 +372,7 @@ impl DiscordEmulator {
         });
         let bots = self.shared.bots.lock().unwrap().clone();
         for gateway in self.shared.gateways.lock().unwrap().iter() {
-            if bots.get(&gateway.token).is_some_and(|b| b.id == bot) {
+            if bots.get(&gateway.token).is_some_and(|b| b.id == bot) && gateway.carries(&d) {
                 let s = gateway.seq.fetch_add(1, Ordering::Relaxed) + 1;
                 let _ = gateway
                     .tx
@@ -343,6 +397,9 @@ impl DiscordEmulator {
             "flags": 0,
         });
         for gateway in self.shared.gateways.lock().unwrap().iter() {
+            if !gateway.carries(&d) {
+                continue;
+            }
             let s = gateway.seq.fetch_add(1, Ordering::Relaxed) + 1;
             let _ = gateway
                 .tx
@@ -432,6 +489,9 @@ impl DiscordEmulator {
             d["type"] = json!(19);
         }
         for gateway in self.shared.gateways.lock().unwrap().iter() {
+            if !gateway.carries(&d) {
+                continue;
+            }
             let s = gateway.seq.fetch_add(1, Ordering::Relaxed) + 1;
             let _ = gateway
                 .tx
@@ -444,6 +504,9 @@ impl DiscordEmulator {
 /// Sends a dispatch event to every connected bot.
 fn dispatch(shared: &Shared, event: &str, d: Value) {
     for gateway in shared.gateways.lock().unwrap().iter() {
+        if !gateway.carries(&d) {
+            continue;
+        }
         let s = gateway.seq.fetch_add(1, Ordering::Relaxed) + 1;
         let _ = gateway
             .tx
@@ -486,9 +549,10 @@ fn auth(shared: &Shared, headers: &HeaderMap) -> Option<BotUser> {
 
 async fn gateway_bot(State(shared): State<Arc<Shared>>) -> Response {
     let addr = shared.addr.lock().unwrap().unwrap();
+    let shards = shared.shard_total.load(Ordering::Relaxed).max(1);
     axum::Json(json!({
         "url": format!("ws://{addr}/gateway"),
-        "shards": 1,
+        "shards": shards,
         "session_start_limit": {"total": 1000, "remaining": 1000, "reset_after": 0, "max_concurrency": 1}
     }))
     .into_response()
@@ -543,6 +607,20 @@ async fn session(shared: Arc<Shared>, mut socket: WebSocket) {
                             }))).await;
                             return;
                         };
+                        let shard = (
+                            v["d"]["shard"][0].as_u64().unwrap_or(0),
+                            v["d"]["shard"][1].as_u64().unwrap_or(1),
+                        );
+                        let expected = shared.shard_total.load(Ordering::Relaxed);
+                        if shard.0 >= shard.1 || (expected != 0 && shard.1 != expected) {
+                            // Discord: 4010 Invalid shard.
+                            let _ = socket.send(WsMessage::Close(Some(axum::extract::ws::CloseFrame {
+                                code: 4010,
+                                reason: "Invalid shard.".into(),
+                            }))).await;
+                            shared.invalid_shards.fetch_add(1, Ordering::Relaxed);
+                            return;
+                        }
                         shared.identifies.fetch_add(1, Ordering::Relaxed);
                         let addr = shared.addr.lock().unwrap().unwrap();
                         let s = seq.fetch_add(1, Ordering::Relaxed) + 1;
@@ -551,7 +629,7 @@ async fn session(shared: Arc<Shared>, mut socket: WebSocket) {
                             "user": {"id": bot.id.to_string(), "username": bot.name, "discriminator": "0",
                                      "global_name": null, "avatar": null, "bot": true},
                             "guilds": [],
-                            "session_id": format!("session-{}", bot.id),
+                            "session_id": format!("session-{}-{}", bot.id, shard.0),
                             "resume_gateway_url": format!("ws://{addr}/gateway"),
                             "application": {"id": bot.id.to_string(), "flags": 0},
                         }});
@@ -560,6 +638,7 @@ async fn session(shared: Arc<Shared>, mut socket: WebSocket) {
                             token: token.trim_start_matches("Bot ").to_owned(),
                             tx: tx.clone(),
                             seq: seq.clone(),
+                            shard,
                         });
                     }
                     Some(6) => {
@@ -569,9 +648,18 @@ async fn session(shared: Arc<Shared>, mut socket: WebSocket) {
                         seq.store(last, Ordering::Relaxed);
                         let s = seq.fetch_add(1, Ordering::Relaxed) + 1;
                         let _ = tx.send(json!({"op": 0, "t": "RESUMED", "s": s, "d": {}}));
+                        let id = v["d"]["session_id"]
+                            .as_str()
+                            .and_then(|s| s.rsplit('-').next())
+                            .and_then(|n| n.parse::<u64>().ok())
+                            .unwrap_or(0);
                         let mut gateways = shared.gateways.lock().unwrap();
-                        gateways.retain(|g| g.token != token);
-                        gateways.push(Gateway { token, tx: tx.clone(), seq: seq.clone() });
+                        let total = gateways
+                            .iter()
+                            .find(|g| g.token == token && g.shard.0 == id)
+                            .map_or(1, |g| g.shard.1);
+                        gateways.retain(|g| !(g.token == token && g.shard.0 == id));
+                        gateways.push(Gateway { token, tx: tx.clone(), seq: seq.clone(), shard: (id, total) });
                     }
                     _ => {}
                 }
@@ -683,6 +771,7 @@ async fn send_message(
         status: 200,
         ephemeral: false,
         allowed_mentions: body.get("allowed_mentions").cloned(),
+        nonce_reused: false,
     };
     if content.chars().count() > 2000 {
         call.status = 400;
@@ -697,6 +786,30 @@ async fn send_message(
         call.status = response.status().as_u16();
         record(&shared, call);
         return response;
+    }
+    // Discord: with enforce_nonce, the same nonce from the same author within a few minutes
+    // returns the message already created instead of a new one.
+    let nonce = body["nonce"]
+        .as_str()
+        .map(str::to_owned)
+        .or_else(|| body["nonce"].as_u64().map(|n| n.to_string()))
+        .filter(|_| body["enforce_nonce"] == json!(true));
+    if let Some(nonce) = &nonce {
+        let existing = shared
+            .nonces
+            .lock()
+            .unwrap()
+            .get(&(bot.id, nonce.clone()))
+            .copied();
+        if let Some(id) = existing {
+            let message = shared.bot_messages.lock().unwrap().get(&id).cloned();
+            if let Some(message) = message {
+                call.message = Some(id);
+                call.nonce_reused = true;
+                record(&shared, call);
+                return axum::Json(message).into_response();
+            }
+        }
     }
     if let Some(target) = reply_to
         && !shared.known.lock().unwrap().contains(&target)
@@ -729,6 +842,15 @@ async fn send_message(
             json!({"message_id": target.to_string(), "channel_id": channel.to_string()});
         message["type"] = json!(19);
     }
+    if let Some(nonce) = nonce {
+        message["nonce"] = json!(nonce);
+        shared.nonces.lock().unwrap().insert((bot.id, nonce), id);
+    }
+    shared
+        .bot_messages
+        .lock()
+        .unwrap()
+        .insert(id, message.clone());
     // Discord tells every bot in the channel about the new message, its author included.
     dispatch(&shared, "MESSAGE_CREATE", message.clone());
     axum::Json(message).into_response()
@@ -757,6 +879,7 @@ async fn edit_message(
         status: 200,
         ephemeral: false,
         allowed_mentions: body.get("allowed_mentions").cloned(),
+        nonce_reused: false,
     };
     if shared.deleted.lock().unwrap().contains(&message) {
         call.status = 404;
@@ -778,6 +901,9 @@ async fn edit_message(
         return response;
     }
     record(&shared, call);
+    if let Some(stored) = shared.bot_messages.lock().unwrap().get_mut(&message) {
+        stored["content"] = json!(content);
+    }
     let author = json!({"id": bot.id.to_string(), "username": bot.name, "discriminator": "0",
                         "global_name": null, "avatar": null, "bot": true});
     let guild = shared.channel_guilds.lock().unwrap().get(&channel).copied();
@@ -818,6 +944,7 @@ async fn typing(
             status: refused.as_ref().map_or(204, |r| r.status().as_u16()),
             ephemeral: false,
             allowed_mentions: None,
+            nonce_reused: false,
         },
     );
     refused.unwrap_or_else(|| StatusCode::NO_CONTENT.into_response())
@@ -870,6 +997,7 @@ fn interaction_call(kind: &'static str, data: &Value) -> Call {
         status: 200,
         ephemeral: data["flags"].as_u64().is_some_and(|f| f & 64 != 0),
         allowed_mentions: None,
+        nonce_reused: false,
     }
 }
 

@@ -5,6 +5,7 @@
 
 pub mod app;
 pub mod arcadedb;
+pub mod cluster;
 pub mod discord;
 pub mod openai_server;
 pub mod pgvector;

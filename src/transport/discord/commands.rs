@@ -19,6 +19,9 @@ pub struct CommandData {
     pub control: UserControl,
     pub access: whisper_actors::live::Live<Access>,
     pub guild_memories_in_dm: bool,
+    /// Cluster mode: `/forget` runs on the worker owning the user's partition.
+    pub cluster: Option<std::sync::Arc<crate::cluster::gateway::Gateway>>,
+    pub shards: super::shards::ShardPlan,
 }
 
 pub fn all() -> Vec<poise::Command<CommandData, Error>> {
@@ -94,7 +97,18 @@ pub async fn forget(
         ForgetChoice::History => ForgetScope::History,
     };
     let user = user_key(ctx.author().id.get());
-    let report = ctx.data().control.forget(&user, scope).await?;
+    let report = match &ctx.data().cluster {
+        // In the user's partition, behind the messages they sent before: none of them can
+        // store anything after the delete. The channel context kept here goes too.
+        Some(gateway) => {
+            let data = ctx.data();
+            data.control.forget_channel_context(&user);
+            let shard = data.shards.shard_of(ctx.guild_id().map(|g| g.get()));
+            let reply_to = gateway.reply_queue(&data.character, shard);
+            gateway.forget(&user, scope, reply_to).await?
+        }
+        None => ctx.data().control.forget(&user, scope).await?.to_string(),
+    };
     ctx.say(format!("Done, I forgot: {report}.")).await?;
     Ok(())
 }

@@ -42,6 +42,8 @@ pub struct Bot {
     pub router: ShardRouter,
     /// Cluster mode (`cluster.role = "gateway"`): messages go to the broker, not the router.
     pub cluster: Option<Arc<crate::cluster::gateway::Gateway>>,
+    /// The shards this process runs for the bot (a cluster reply comes back on its shard's queue).
+    pub shards: super::shards::ShardPlan,
     pub outbound: Addr<DiscordActor>,
     /// Where the bot was refused (403): messages there are not answered at all.
     pub limiter: Arc<ChannelLimiter>,
@@ -199,7 +201,8 @@ impl EventHandler for Bot {
             reply_to: self.outbound.clone().recipient(),
         };
         if let Some(gateway) = &self.cluster {
-            if let Err(error) = gateway.publish(&message).await {
+            let shard = self.shards.shard_of(msg.guild_id.map(|g| g.get()));
+            if let Err(error) = gateway.publish(&message, shard).await {
                 warn!(%error, "could not hand a Discord message to the broker");
                 self.outbound.do_send(ReplyUpdate {
                     message_id,

@@ -15,6 +15,7 @@ pub mod limiter;
 pub mod outbound;
 pub mod policy;
 pub mod rest;
+pub mod shards;
 pub mod split;
 mod writer;
 
@@ -43,6 +44,11 @@ pub enum DiscordError {
     },
     #[error("cluster.role = \"gateway\": {0}")]
     Broker(#[from] crate::cluster::broker::BrokerError),
+    #[error("the Discord bot for {character}: {source}")]
+    Shards {
+        character: String,
+        source: shards::ShardError,
+    },
 }
 
 /// Locks a map shared by the bot's tasks; a task that panicked holding it leaves consistent data
@@ -57,6 +63,7 @@ struct RunningBot {
     manager: Arc<ShardManager>,
     task: tokio::task::JoinHandle<()>,
     outbound: Addr<DiscordActor>,
+    plan: shards::ShardPlan,
 }
 
 /// The running bots.
@@ -112,6 +119,13 @@ pub async fn start(app: &App, settings: &Settings) -> Result<DiscordBots, Discor
             http = http.proxy(section.api_url.trim_end_matches('/'));
         }
         let http = http.ratelimiter_disabled(!section.ratelimiter).build();
+        let plan =
+            shards::resolve(section, &http)
+                .await
+                .map_err(|source| DiscordError::Shards {
+                    character: character.clone(),
+                    source,
+                })?;
         // The writer shares the client's Http and HTTP client (one rate limiter per token); it
         // exists once the client is built, before any message can arrive.
         let shared_rest = Arc::new(std::sync::OnceLock::new());
@@ -130,6 +144,7 @@ pub async fn start(app: &App, settings: &Settings) -> Result<DiscordBots, Discor
             access: access.clone(),
             router: router.clone(),
             cluster: gateway.clone(),
+            shards: plan,
             outbound: outbound.clone(),
             limiter: limiter.clone(),
             log: app.channel_log(),
@@ -140,6 +155,8 @@ pub async fn start(app: &App, settings: &Settings) -> Result<DiscordBots, Discor
             control: app.control(),
             access: access.clone(),
             guild_memories_in_dm: settings.memory.guild_memories_in_dm,
+            cluster: gateway.clone(),
+            shards: plan,
         };
         let framework = poise::Framework::builder()
             .options(poise::FrameworkOptions {
@@ -181,8 +198,13 @@ pub async fn start(app: &App, settings: &Settings) -> Result<DiscordBots, Discor
         )));
         let manager = client.shard_manager.clone();
         let name = character.clone();
+        info!(character = %character, first = plan.first, last = plan.last, total = plan.total, "Discord shards");
         let task = tokio::spawn(async move {
-            if let Err(error) = client.start().await {
+            // serenity's range is inclusive of its end.
+            let started = client
+                .start_shard_range(plan.first..plan.last, plan.total)
+                .await;
+            if let Err(error) = started {
                 warn!(character = %name, %error, "Discord client stopped with an error");
             }
         });
@@ -192,12 +214,13 @@ pub async fn start(app: &App, settings: &Settings) -> Result<DiscordBots, Discor
             manager,
             task,
             outbound,
+            plan,
         });
     }
     if let Some(gateway) = gateway {
         let sinks = bots
             .iter()
-            .map(|b| (b.character.clone(), b.outbound.clone().recipient()))
+            .map(|b| (b.character.clone(), b.outbound.clone(), b.plan))
             .collect();
         gateway.deliver_replies(sinks).await?;
     }

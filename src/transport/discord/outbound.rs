@@ -41,6 +41,18 @@ pub struct Register {
     pub notice: Option<String>,
 }
 
+/// A reply update from a cluster worker, with where it goes: a gateway that restarted since
+/// the user's message (or finished its reply, and sees a re-run of the turn) registers it
+/// here. Creating the reply with the user's message id as nonce makes the re-run write into
+/// the message already on Discord, not a second one.
+#[derive(Message, Debug)]
+#[rtype(result = "()")]
+pub struct Deliver {
+    pub channel: Option<u64>,
+    pub guild: Option<u64>,
+    pub update: ReplyUpdate,
+}
+
 #[derive(Clone, Debug, Default)]
 pub(super) struct Desired {
     pub(super) text: String,
@@ -151,6 +163,26 @@ impl Handler<ReplyUpdate> for DiscordActor {
 
     fn handle(&mut self, update: ReplyUpdate, ctx: &mut Self::Context) {
         whisper_actors::supervision::catch(KIND, ctx, |_| self.update(update));
+    }
+}
+
+impl Handler<Deliver> for DiscordActor {
+    type Result = ();
+
+    fn handle(&mut self, msg: Deliver, ctx: &mut Self::Context) {
+        whisper_actors::supervision::catch(KIND, ctx, |_| {
+            if let Some(channel) = msg.channel
+                && !self.replies.contains_key(&msg.update.message_id)
+            {
+                self.register(Register {
+                    message_id: msg.update.message_id,
+                    channel,
+                    guild: msg.guild,
+                    notice: None,
+                });
+            }
+            self.update(msg.update)
+        });
     }
 }
 

@@ -90,16 +90,26 @@ impl Rest {
 
     /// Posts `content`, as a reply to `reply_to` when given, pinging nobody. A reply to a
     /// message deleted meanwhile is posted anyway (`fail_if_not_exists: false`).
+    ///
+    /// `nonce` with `enforce_nonce` makes the create idempotent on Discord's side: the same
+    /// nonce from the same bot within a few minutes returns the message already created (a turn
+    /// re-run after a worker crashed writes into its first reply, not a second one). The answer
+    /// is the message as Discord holds it, whose content may be an earlier run's.
     pub async fn create(
         &self,
         channel: ChannelId,
         content: &str,
         reply_to: Option<MessageId>,
-    ) -> Result<MessageId, RestError> {
+        nonce: Option<&str>,
+    ) -> Result<Created, RestError> {
         let mut body = json!({
             "content": content,
             "allowed_mentions": {"parse": [], "replied_user": false},
         });
+        if let Some(nonce) = nonce {
+            body["nonce"] = json!(nonce);
+            body["enforce_nonce"] = json!(true);
+        }
         if let Some(message) = reply_to {
             body["message_reference"] = json!({
                 "message_id": message.to_string(),
@@ -115,7 +125,7 @@ impl Rest {
         )
         .body(Some(body.to_string().into_bytes()));
         let answer = self.execute(request).await?;
-        message_id(&answer)
+        created(&answer)
     }
 
     /// Replaces the content of message `id`.
@@ -238,15 +248,27 @@ pub fn retry_after(body: &Value, headers: &reqwest::header::HeaderMap) -> (Durat
     (Duration::from_secs_f64(seconds), global)
 }
 
-fn message_id(answer: &[u8]) -> Result<MessageId, RestError> {
+/// A message Discord created (or returned for a nonce it had seen).
+#[derive(Debug)]
+pub struct Created {
+    pub id: MessageId,
+    /// What the message shows now.
+    pub content: String,
+}
+
+fn created(answer: &[u8]) -> Result<Created, RestError> {
     let value: Value = serde_json::from_slice(answer)
         .map_err(|e| RestError::Transport(format!("unreadable message from Discord: {e}")))?;
-    value["id"]
+    let id = value["id"]
         .as_str()
         .and_then(|s| s.parse::<u64>().ok())
         .filter(|id| *id != 0)
         .map(MessageId::new)
-        .ok_or_else(|| RestError::Transport("Discord's answer has no message id".into()))
+        .ok_or_else(|| RestError::Transport("Discord's answer has no message id".into()))?;
+    Ok(Created {
+        id,
+        content: value["content"].as_str().unwrap_or_default().to_owned(),
+    })
 }
 
 #[cfg(test)]

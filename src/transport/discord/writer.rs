@@ -45,6 +45,8 @@ pub(super) struct Writer {
     guild: Option<u64>,
     /// The user's message; `None` once a reply to it failed as a reference.
     reply_to: Option<MessageId>,
+    /// The user's message id, the base of every create's nonce.
+    origin: u64,
     notice: Option<String>,
     sent: Vec<Sent>,
     /// Bytes of the reply text already delivered in messages that were deleted under us; the
@@ -55,6 +57,8 @@ pub(super) struct Writer {
     last_write: Option<Instant>,
     /// Requests made for this reply (writes, including failed ones).
     writes: u32,
+    /// Messages this writer created, numbering the next create's nonce.
+    creates: u32,
 }
 
 /// Where one reply goes.
@@ -80,12 +84,14 @@ impl Writer {
             channel: target.channel,
             guild: target.guild,
             reply_to: Some(target.reply_to),
+            origin: target.reply_to.get(),
             notice: target.notice,
             sent: Vec::new(),
             frozen: 0,
             spacing,
             last_write: None,
             writes: 0,
+            creates: 0,
         }
     }
 }
@@ -209,8 +215,13 @@ impl Writer {
                 } else {
                     None
                 };
+                // The n-th message of a reply has the same nonce in every run of its turn.
+                let nonce = match self.creates {
+                    0 => self.origin.to_string(),
+                    n => format!("{}-{n}", self.origin),
+                };
                 self.rest
-                    .create(self.channel, content, reply_to)
+                    .create(self.channel, content, reply_to, Some(&nonce))
                     .await
                     .map(Some)
             }
@@ -226,11 +237,16 @@ impl Writer {
                 *attempts = 0;
                 *backoff = Duration::from_secs(1);
                 match (write, created) {
-                    (Write::Create { content, .. }, Some(id)) => self.sent.push(Sent {
-                        id,
-                        content,
-                        source_end: end,
-                    }),
+                    (Write::Create { .. }, Some(created)) => {
+                        self.creates += 1;
+                        // Discord's content, not ours: a message an earlier run of this turn
+                        // created comes back as it was, and the next step edits it if needed.
+                        self.sent.push(Sent {
+                            id: created.id,
+                            content: created.content,
+                            source_end: end,
+                        })
+                    }
                     (Write::Edit { index, content }, _) => {
                         self.sent[index].content = content;
                         self.sent[index].source_end = end;
