@@ -47,8 +47,19 @@ pub enum ForgetError {
 
 type Waiting = std::sync::Mutex<HashMap<u64, oneshot::Sender<Result<String, String>>>>;
 
+/// How long a user's message waits at the gateway for messages of theirs that Discord sent
+/// earlier: serenity hands each event to its handler in a task of its own, so two messages of one
+/// user can reach [`Gateway::publish`] in either order. Those waiting are published in Discord
+/// id order (ids grow with time), which is the order the partition then keeps.
+pub const ORDER_WINDOW: Duration = Duration::from_millis(20);
+
+/// A user's messages waiting for [`ORDER_WINDOW`], by Discord id, with who waits for each.
+type Held = std::collections::BTreeMap<u64, (Work, oneshot::Sender<Result<(), BrokerError>>)>;
+
 pub struct Gateway {
     link: Link,
+    /// Users with messages waiting to be published in order.
+    ordering: std::sync::Mutex<HashMap<String, Held>>,
     partitions: u32,
     prefix: String,
     node: String,
@@ -74,6 +85,7 @@ impl Gateway {
         .await?;
         Ok(Arc::new(Self {
             link,
+            ordering: Default::default(),
             partitions: cluster.partitions,
             prefix: prefix.to_owned(),
             node: node.to_owned(),
@@ -103,8 +115,13 @@ impl Gateway {
     }
 
     /// Publishes `msg` into its user's partition, its replies to come back on `shard`'s queue;
-    /// Ok once the broker has it on disk.
-    pub async fn publish(&self, msg: &UserMessage, shard: u32) -> Result<(), BrokerError> {
+    /// Ok once the broker has it on disk. A user's messages that arrive within
+    /// [`ORDER_WINDOW`] of each other are published in Discord's order.
+    pub async fn publish(
+        self: &Arc<Self>,
+        msg: &UserMessage,
+        shard: u32,
+    ) -> Result<(), BrokerError> {
         let inbound = Inbound {
             character: msg.key.character.to_string(),
             user: msg.key.user.to_string(),
@@ -115,8 +132,50 @@ impl Gateway {
             message_id: msg.message_id,
             reply_to: self.reply_queue(&msg.key.character, shard),
         };
-        self.publish_work(&inbound.user, &Work::Message(inbound.clone()))
-            .await
+        let (tx, rx) = oneshot::channel();
+        let user = inbound.user.clone();
+        let first = {
+            // A user has an entry exactly while a publisher runs for them.
+            let mut ordering = lock(&self.ordering);
+            let first = !ordering.contains_key(&user);
+            ordering
+                .entry(user.clone())
+                .or_default()
+                .insert(msg.message_id, (Work::Message(inbound), tx));
+            first
+        };
+        if first {
+            tokio::spawn(self.clone().publish_in_order(user));
+        }
+        rx.await.unwrap_or_else(|_| {
+            Err(BrokerError::Nacked(partition_of(
+                &msg.key.user,
+                self.partitions,
+            )))
+        })
+    }
+
+    /// After [`ORDER_WINDOW`], publishes the user's waiting messages one by one, lowest id
+    /// first, until none is left (messages arriving meanwhile join the line).
+    async fn publish_in_order(self: Arc<Self>, user: String) {
+        tokio::time::sleep(ORDER_WINDOW).await;
+        loop {
+            let next = {
+                let mut ordering = lock(&self.ordering);
+                let Some(held) = ordering.get_mut(&user) else {
+                    return;
+                };
+                match held.pop_first() {
+                    Some((_, entry)) => entry,
+                    None => {
+                        ordering.remove(&user);
+                        return;
+                    }
+                }
+            };
+            let (work, done) = next;
+            let _ = done.send(self.publish_work(&user, &work).await);
+        }
     }
 
     /// "Forget me" through the user's partition: it runs on the worker after the messages the

@@ -167,9 +167,11 @@ async fn all_answered(cluster: &Cluster, expected: &HashMap<u64, String>, within
     }
 }
 
-/// Posts `per_user` messages for each user (all at once); returns message id -> expected
-/// reply, and each user's texts in order.
-fn post_round(
+/// Posts `per_user` messages for each user, a round of one message per user every 50 ms (the
+/// way people type: serenity hands each Discord event to a task of its own, and the gateway
+/// restores a user's order only among messages within its 20 ms window); returns message id ->
+/// expected reply, and each user's texts in order.
+async fn post_round(
     cluster: &Cluster,
     users: &[u64],
     round: &str,
@@ -178,6 +180,9 @@ fn post_round(
     let mut expected = HashMap::new();
     let mut texts: HashMap<u64, Vec<String>> = HashMap::new();
     for k in 0..per_user {
+        if k > 0 {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
         for &user in users {
             let text = format!("{round} u{user} m{k}");
             let id = cluster.emu.post(dm(user, text.clone()));
@@ -239,7 +244,7 @@ async fn a_cluster_of_processes_survives_a_kill_a_join_and_a_leave() {
 
     // 100 users × 10 messages; w2 is killed mid-stream.
     let users: Vec<u64> = (0..100).map(|u| 7_000 + u).collect();
-    let (expected, texts) = post_round(&cluster, &users, "a", 10);
+    let (expected, texts) = post_round(&cluster, &users, "a", 10).await;
     let started = Instant::now();
     loop {
         let answered = replies(&cluster.emu.calls())
@@ -262,9 +267,16 @@ async fn a_cluster_of_processes_survives_a_kill_a_join_and_a_leave() {
     each_once(&cluster, &expected);
     let stored = history(&cluster).await;
     for user in &users {
+        let asked: Vec<String> = cluster
+            .llm
+            .requests()
+            .iter()
+            .map(|r| r.last_user_message())
+            .filter(|m| m.starts_with(&format!("a u{user} ")))
+            .collect();
         assert_eq!(
             stored[user], texts[user],
-            "user {user}: each turn once, in order"
+            "user {user}: each turn once, in order (the model was asked {asked:?})"
         );
     }
     let reused = cluster
@@ -294,13 +306,13 @@ async fn a_cluster_of_processes_survives_a_kill_a_join_and_a_leave() {
         let planned: BTreeSet<u32> = plan[node].owned.iter().copied().collect();
         assert_eq!(after[node], planned, "{node} owns its rendezvous share");
     }
-    let (expected, texts) = post_round(&cluster, &users, "b", 2);
+    let (expected, texts) = post_round(&cluster, &users, "b", 2).await;
     all_answered(&cluster, &expected, Duration::from_secs(60)).await;
     each_once(&cluster, &expected);
 
     // w1 leaves on SIGTERM while messages are in flight: its turns finish and are acked, the
     // rest moves in order, nothing runs twice.
-    let (expected, round_c) = post_round(&cluster, &users, "c", 3);
+    let (expected, round_c) = post_round(&cluster, &users, "c", 3).await;
     tokio::time::sleep(Duration::from_millis(200)).await;
     cluster.signal("w1", libc::SIGTERM);
     all_answered(&cluster, &expected, Duration::from_secs(60)).await;
@@ -424,11 +436,11 @@ async fn the_cluster_rides_out_a_broker_restart() {
     cluster.spawn("gateway", "gw1");
     cluster.gateway_ready().await;
     let users: Vec<u64> = (0..5).map(|u| 9_100 + u).collect();
-    let (before, _) = post_round(&cluster, &users, "before", 1);
+    let (before, _) = post_round(&cluster, &users, "before", 1).await;
     all_answered(&cluster, &before, Duration::from_secs(60)).await;
 
     let down = BrokerDown::stop();
-    let (during, texts) = post_round(&cluster, &users, "during", 2);
+    let (during, texts) = post_round(&cluster, &users, "during", 2).await;
     tokio::time::sleep(Duration::from_secs(2)).await;
     down.start();
     all_answered(&cluster, &during, Duration::from_secs(90)).await;
@@ -448,7 +460,7 @@ async fn the_cluster_rides_out_a_broker_restart() {
             "user {user}: once, in order"
         );
     }
-    let (after, _) = post_round(&cluster, &users, "after", 1);
+    let (after, _) = post_round(&cluster, &users, "after", 1).await;
     all_answered(&cluster, &after, Duration::from_secs(60)).await;
     cluster.cleanup().await;
 }
