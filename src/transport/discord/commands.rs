@@ -105,7 +105,7 @@ pub async fn forget(
             data.control.forget_channel_context(&user);
             let shard = data.shards.shard_of(ctx.guild_id().map(|g| g.get()));
             let reply_to = gateway.reply_queue(&data.character, shard);
-            gateway.forget(&user, scope, reply_to).await?
+            gateway.forget(&user, scope, reply_to, ctx.id()).await?
         }
         None => ctx.data().control.forget(&user, scope).await?.to_string(),
     };
