@@ -464,3 +464,92 @@ async fn the_cluster_rides_out_a_broker_restart() {
     all_answered(&cluster, &after, Duration::from_secs(60)).await;
     cluster.cleanup().await;
 }
+
+/// A worker whose turn hangs past `cluster.watchdog` (the model accepts the request and never
+/// answers, and `llm.request_timeout` is far away) exits with code 70; the broker hands the
+/// message to the standby, which answers it. (Which of the two takes the message first is the
+/// broker's: the owner, or a standby still ahead of it in line just after the start.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hung_worker_exits_and_its_standby_answers() {
+    use whisperengine::cluster::wire::{Inbound, ToGateway, Work};
+    let mut cluster = Cluster::start().await;
+    cluster
+        .llm
+        .script([crate::support::openai_server::Behavior::Hang]);
+    let hung = [
+        ("WHISPER__CLUSTER__WATCHDOG", "3s"),
+        ("WHISPER__LLM__REQUEST_TIMEOUT", "10m"),
+    ];
+    cluster.procs.spawn("worker", "w1", &hung);
+    cluster.procs.spawn("worker", "w2", &hung);
+    cluster.settled(&["w1", "w2"]).await;
+    let plan = whisperengine::cluster::placement::assign(
+        &["w1".to_owned(), "w2".to_owned()],
+        PARTITIONS,
+        1,
+    );
+    let partition_of =
+        |user: &str| whisperengine::cluster::partition::partition_of(user, PARTITIONS);
+    let user = (0..)
+        .map(|n| format!("discord:{n}"))
+        .find(|u| plan["w1"].owned.contains(&partition_of(u)))
+        .unwrap();
+    let broker = Broker::connect(BROKER, Duration::from_secs(10), &cluster.prefix)
+        .await
+        .unwrap();
+    let replies = format!("{}.replies.watchdog", cluster.prefix);
+    broker.declare_queue(&replies).await.unwrap();
+    let mut inbox = broker.consume_queue(&replies, 16, "test").await.unwrap();
+    let message = Inbound {
+        character: "aria".into(),
+        user: user.clone(),
+        scope: "dm".into(),
+        channel: Some(1),
+        display_name: "hung".into(),
+        text: "are you there?".into(),
+        message_id: 77,
+        reply_to: replies.clone(),
+    };
+    broker
+        .publish(
+            partition_of(&user),
+            &serde_json::to_vec(&Work::Message(message)).unwrap(),
+        )
+        .await
+        .unwrap();
+    let started = Instant::now();
+    let (hung, exit) = loop {
+        if let Some(node) = ["w1", "w2"]
+            .into_iter()
+            .find(|n| cluster.procs.exited(n).is_some())
+        {
+            break (node, cluster.procs.exited(node).unwrap());
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "no worker exited:\n{}\n{}",
+            cluster.log("w1"),
+            cluster.log("w2")
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert_eq!(exit.code(), Some(70), "{}", cluster.log(hung));
+    assert!(started.elapsed() >= Duration::from_secs(3));
+    assert!(cluster.log(hung).contains("cluster.watchdog"));
+    loop {
+        let delivery = tokio::time::timeout(Duration::from_secs(30), inbox.next())
+            .await
+            .expect("the standby answers")
+            .unwrap();
+        delivery.ack().await.unwrap();
+        if let ToGateway::Reply(out) = serde_json::from_slice(&delivery.payload).unwrap()
+            && out.is_final()
+        {
+            assert_eq!(out.text, "echo: are you there?");
+            break;
+        }
+    }
+    broker.delete_queue(&replies).await.unwrap();
+    broker.close().await;
+    cluster.cleanup().await;
+}

@@ -119,6 +119,11 @@ impl Processes {
             .unwrap()
     }
 
+    /// The member's exit status, if it has exited.
+    pub fn exited(&mut self, node: &str) -> Option<std::process::ExitStatus> {
+        self.members.get_mut(node)?.try_wait().ok().flatten()
+    }
+
     /// Stops every member (SIGTERM, then waits).
     pub async fn stop_all(&mut self) {
         let nodes: Vec<String> = self.members.keys().cloned().collect();
