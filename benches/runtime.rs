@@ -82,6 +82,7 @@ fn message(
         message_id: id,
         received_at: Instant::now(),
         reply_to: sink.clone(),
+        settled: None,
     }
 }
 

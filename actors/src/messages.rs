@@ -25,6 +25,20 @@ pub struct UserMessage {
     pub received_at: Instant,
     /// Where the reply's updates go.
     pub reply_to: Recipient<ReplyUpdate>,
+    /// Told when the turn is over (see [`TurnSettled`]); `None` for transports that only need
+    /// the reply.
+    pub settled: Option<Recipient<TurnSettled>>,
+}
+
+/// A message's turn is over: its final reply was sent, and the turn is stored (or it failed,
+/// and nothing of it will be). Sent after the final [`ReplyUpdate`], to the same recipient's
+/// actor if both are one, so it arrives after it. A broker consumer acks the message here, not
+/// at the final reply, so a crash in between redelivers the message instead of losing the turn.
+#[derive(Message, Clone, Debug)]
+#[rtype(result = "()")]
+pub struct TurnSettled {
+    pub message_id: u64,
+    pub key: ConversationKey,
 }
 
 /// The growing reply. A transport receives these at most once per `streaming.edit_interval`

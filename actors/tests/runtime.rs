@@ -167,6 +167,7 @@ impl User {
                 message_id: self.next,
                 received_at: Instant::now(),
                 reply_to: self.sink.clone(),
+                settled: None,
             })
             .expect("routed");
         loop {
@@ -290,6 +291,7 @@ async fn resharding_under_load_keeps_every_promise() {
                 message_id: n,
                 received_at: Instant::now(),
                 reply_to: sink.clone(),
+                settled: None,
             })
             .expect("routed")
     };

@@ -18,10 +18,10 @@ use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use actix::prelude::*;
 use tokio::sync::watch;
 use tracing::{error, info, warn};
-use whisper_actors::messages::{ReplyStatus, UserMessage};
-use whisper_actors::sink::ChannelSink;
+use whisper_actors::messages::{ReplyStatus, ReplyUpdate, TurnSettled, UserMessage};
 use whisper_actors::{ConversationKey, Scope, ShardRouter};
 
 use super::broker::{Broker, BrokerError, Delivery, Link};
@@ -301,7 +301,7 @@ impl Partition {
                 return;
             }
         };
-        let (sink, mut updates) = ChannelSink::start();
+        let (sink, mut events) = PartitionSink::start();
         // (user, message id) -> its deliveries in arrival order (a message published twice is
         // answered twice, in order).
         let mut pending: HashMap<(String, u64), VecDeque<Held>> = HashMap::new();
@@ -348,29 +348,34 @@ impl Partition {
                         }
                     }
                 }
-                Some(update) = updates.recv() => {
-                    let id = (update.key.user.to_string(), update.message_id);
-                    let Some(held) = pending.get(&id).and_then(|q| q.front()) else {
-                        continue;
-                    };
-                    let out = Outbound {
-                        message_id: update.message_id,
-                        character: held.character.clone(),
-                        user: id.0.clone(),
-                        channel: held.channel,
-                        guild: held.guild,
-                        text: update.text.clone(),
-                        state: match &update.status {
-                            ReplyStatus::Streaming => OutboundState::Streaming,
-                            ReplyStatus::Done(_) => OutboundState::Done,
-                            ReplyStatus::Failed(kind) => OutboundState::Failed(format!("{kind:?}")),
-                        },
-                    };
-                    let reply_to = held.reply_to.clone();
-                    if let Err(e) = self.send(&reply_to, ToGateway::Reply(out.clone())).await {
-                        warn!(partition, error = %e, "cannot publish a reply update");
+                Some(event) = events.recv() => match event {
+                    SinkEvent::Update(update) => {
+                        let id = (update.key.user.to_string(), update.message_id);
+                        let Some(held) = pending.get(&id).and_then(|q| q.front()) else {
+                            continue;
+                        };
+                        let out = Outbound {
+                            message_id: update.message_id,
+                            character: held.character.clone(),
+                            user: id.0.clone(),
+                            channel: held.channel,
+                            guild: held.guild,
+                            text: update.text.clone(),
+                            state: match &update.status {
+                                ReplyStatus::Streaming => OutboundState::Streaming,
+                                ReplyStatus::Done(_) => OutboundState::Done,
+                                ReplyStatus::Failed(kind) => OutboundState::Failed(format!("{kind:?}")),
+                            },
+                        };
+                        let reply_to = held.reply_to.clone();
+                        if let Err(e) = self.send(&reply_to, ToGateway::Reply(out)).await {
+                            warn!(partition, error = %e, "cannot publish a reply update");
+                        }
                     }
-                    if out.is_final() {
+                    // The turn is stored: only now is the message acked, so a crash between the
+                    // reply and the store redelivers it (and the re-run stores it once).
+                    SinkEvent::Settled(settled) => {
+                        let id = (settled.key.user.to_string(), settled.message_id);
                         let done = pending.get_mut(&id).and_then(VecDeque::pop_front);
                         if pending.get(&id).is_some_and(VecDeque::is_empty) {
                             pending.remove(&id);
@@ -381,7 +386,7 @@ impl Partition {
                             warn!(partition, error = %e, "cannot ack a delivery; it will be redelivered");
                         }
                     }
-                }
+                },
                 _ = yielded.changed(), if deadline.is_none() => {
                     deadline = Some(Instant::now() + self.handoff);
                 }
@@ -393,7 +398,7 @@ impl Partition {
         &self,
         inbound: Inbound,
         delivery: Delivery,
-        sink: &actix::Recipient<whisper_actors::messages::ReplyUpdate>,
+        sink: &actix::Addr<PartitionSink>,
         pending: &mut HashMap<(String, u64), VecDeque<Held>>,
     ) {
         let scope = inbound.scope.parse().unwrap_or(Scope::Direct);
@@ -409,7 +414,8 @@ impl Partition {
             text: inbound.text.clone(),
             message_id: inbound.message_id,
             received_at: Instant::now(),
-            reply_to: sink.clone(),
+            reply_to: sink.clone().recipient(),
+            settled: Some(sink.clone().recipient()),
         });
         match routed {
             Ok(()) => {
@@ -486,5 +492,54 @@ impl Partition {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .remove(&self.partition);
+    }
+}
+
+/// What a partition hears from the runtime about its messages, in the order the conversation
+/// actors sent it (one mailbox for both: a turn's final reply comes before its settlement).
+enum SinkEvent {
+    Update(ReplyUpdate),
+    Settled(TurnSettled),
+}
+
+/// Forwards a partition's reply updates and settlements into its consumer task.
+struct PartitionSink {
+    tx: tokio::sync::mpsc::UnboundedSender<SinkEvent>,
+}
+
+impl PartitionSink {
+    fn start() -> (
+        Addr<PartitionSink>,
+        tokio::sync::mpsc::UnboundedReceiver<SinkEvent>,
+    ) {
+        let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+        (PartitionSink { tx }.start(), rx)
+    }
+
+    fn forward(&mut self, event: SinkEvent, ctx: &mut Context<Self>) {
+        if self.tx.send(event).is_err() {
+            // The partition's consumer is gone.
+            ctx.stop();
+        }
+    }
+}
+
+impl Actor for PartitionSink {
+    type Context = Context<Self>;
+}
+
+impl Handler<ReplyUpdate> for PartitionSink {
+    type Result = ();
+
+    fn handle(&mut self, msg: ReplyUpdate, ctx: &mut Self::Context) {
+        self.forward(SinkEvent::Update(msg), ctx);
+    }
+}
+
+impl Handler<TurnSettled> for PartitionSink {
+    type Result = ();
+
+    fn handle(&mut self, msg: TurnSettled, ctx: &mut Self::Context) {
+        self.forward(SinkEvent::Settled(msg), ctx);
     }
 }

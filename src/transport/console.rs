@@ -91,6 +91,7 @@ pub async fn run(app: &App, options: ChatOptions) -> Result<(), ChatError> {
             message_id: next_id,
             received_at: Instant::now(),
             reply_to: sink.clone(),
+            settled: None,
         })?;
         if options.interactive {
             print!("{character_name}> ");

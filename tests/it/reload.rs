@@ -200,6 +200,7 @@ fn an_edited_persona_reaches_the_next_prompt() {
             message_id: 99,
             received_at: Instant::now(),
             reply_to: ChannelSink::start().0,
+            settled: None,
         });
         assert!(refused.is_err(), "{refused:?}");
         app.shutdown().await;
@@ -249,6 +250,7 @@ fn reloads_under_load_lose_nothing_and_keep_order() {
                         message_id: n,
                         received_at: Instant::now(),
                         reply_to: sink.clone(),
+                        settled: None,
                     })
                     .unwrap();
             }

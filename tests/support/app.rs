@@ -108,6 +108,7 @@ impl Client {
                 message_id: self.next_id,
                 received_at: Instant::now(),
                 reply_to: self.sink.clone(),
+                settled: None,
             })
             .expect("routed");
         self.next_id

@@ -29,7 +29,7 @@ use crate::conversation::context::ContextProvider;
 use crate::key::{ConversationKey, Scope};
 use crate::llm::LlmActor;
 use crate::memory::MemoryStore;
-use crate::messages::{FailureKind, ReplyStatus, ReplyUpdate, UserMessage};
+use crate::messages::{FailureKind, ReplyStatus, ReplyUpdate, TurnSettled, UserMessage};
 use crate::ports::{Embedder, HistoryStore};
 use crate::stats::RuntimeStats;
 use crate::supervision::{RestartDecision, RestartPolicy, RestartTracker, panic_message};
@@ -127,6 +127,7 @@ struct Crashes {
 struct InFlight {
     message_id: u64,
     reply_to: Recipient<ReplyUpdate>,
+    settled: Option<Recipient<TurnSettled>>,
     final_sent: Rc<Cell<bool>>,
 }
 
@@ -171,7 +172,17 @@ impl ConversationActor {
             text: text.to_owned(),
             status: ReplyStatus::Failed(kind),
         });
+        self.settle(msg.message_id, msg.settled.as_ref());
         self.notify_finished();
+    }
+
+    fn settle(&self, message_id: u64, settled: Option<&Recipient<TurnSettled>>) {
+        if let Some(settled) = settled {
+            settled.do_send(TurnSettled {
+                message_id,
+                key: self.key.clone(),
+            });
+        }
     }
 
     /// Starts the next queued message unless one is running or a restart backoff is pending.
@@ -197,6 +208,7 @@ impl ConversationActor {
         self.current = Some(InFlight {
             message_id: msg.message_id,
             reply_to: msg.reply_to.clone(),
+            settled: msg.settled.clone(),
             final_sent: final_sent.clone(),
         });
         let input = TurnInput {
@@ -214,7 +226,10 @@ impl ConversationActor {
     }
 
     fn finish(&mut self, report: TurnReport, ctx: &mut Context<Self>) {
-        self.current = None;
+        // The turn is stored (`run_turn` returns after persisting it).
+        if let Some(inflight) = self.current.take() {
+            self.settle(inflight.message_id, inflight.settled.as_ref());
+        }
         let limit = self.link.deps.settings.load().history_turns;
         if let Some(turns) = report.loaded_history {
             self.warm.set_history(&report.scope, turns);
@@ -285,6 +300,7 @@ impl ConversationActor {
                     status: ReplyStatus::Failed(FailureKind::Crashed),
                 });
             }
+            self.settle(inflight.message_id, inflight.settled.as_ref());
             self.notify_finished();
         }
         ctx.stop();

@@ -305,16 +305,20 @@ impl Handler<Route> for Shard {
 
     fn handle(&mut self, Route(msg, handover): Route, ctx: &mut Self::Context) {
         let (reply_to, key, message_id) = (msg.reply_to.clone(), msg.key.clone(), msg.message_id);
+        let settled = msg.settled.clone();
         let routed = crate::supervision::catch("Shard", ctx, |ctx| self.route(msg, handover, ctx));
         if routed.is_none() {
             // The shard restarts fresh; the message that broke it gets an answer.
             self.deps.stats.supervision.shard.inc();
             reply_to.do_send(crate::messages::ReplyUpdate {
                 message_id,
-                key,
+                key: key.clone(),
                 text: crate::conversation::CRASH_APOLOGY.to_owned(),
                 status: crate::messages::ReplyStatus::Failed(crate::messages::FailureKind::Crashed),
             });
+            if let Some(settled) = settled {
+                settled.do_send(crate::messages::TurnSettled { message_id, key });
+            }
         }
     }
 }

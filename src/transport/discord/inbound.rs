@@ -199,6 +199,7 @@ impl EventHandler for Bot {
             message_id,
             received_at: Instant::now(),
             reply_to: self.outbound.clone().recipient(),
+            settled: None,
         };
         if let Some(gateway) = &self.cluster {
             let shard = self.shards.shard_of(msg.guild_id.map(|g| g.get()));
