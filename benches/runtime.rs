@@ -172,7 +172,7 @@ fn load() {
         // The runtime itself: no local inference or background extraction per message.
         s.embedding.enabled = false;
         s.facts.extract = false;
-        s.pools.llm_concurrency = 64;
+        s.pools.llm_concurrency = whisperengine::config::AutoCount::Fixed(64);
         s.pools.llm_queue = 20_000;
         s.runtime.max_conversations_per_shard = 20_000;
         let app = start(s, instant()).await;
@@ -227,7 +227,7 @@ fn idle() {
         // The runtime itself: no local inference or background extraction per message.
         s.embedding.enabled = false;
         s.facts.extract = false;
-        s.pools.llm_concurrency = 64;
+        s.pools.llm_concurrency = whisperengine::config::AutoCount::Fixed(64);
         s.pools.llm_queue = 200_000;
         s.runtime.max_conversations_per_shard = 100_000;
         s.runtime.idle_timeout = Duration::from_secs(3600);
@@ -436,7 +436,7 @@ fn reshard() {
         s.embedding.enabled = false;
         s.facts.extract = false;
         s.runtime.shards = 2;
-        s.pools.llm_concurrency = 64;
+        s.pools.llm_concurrency = whisperengine::config::AutoCount::Fixed(64);
         s.pools.llm_queue = 20_000;
         s.runtime.max_conversations_per_shard = 20_000;
         let app = start(s, instant()).await;

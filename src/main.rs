@@ -202,7 +202,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                         dir.display(),
                         settings.runtime.shards,
                         settings.pools.history,
-                        settings.pools.llm_concurrency,
+                        settings.llm_concurrency(),
                         settings.pools.llm_queue
                     );
                     Ok(ExitCode::from(3))

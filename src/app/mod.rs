@@ -224,7 +224,7 @@ async fn model(
         Some(
             LocalServer::start(
                 &settings.llm.local,
-                settings.pools.llm_concurrency,
+                settings.llm_concurrency(),
                 &settings.storage.data_dir,
                 settings.restart_policy(),
             )
@@ -657,7 +657,7 @@ impl App {
             }
             "pools.llm_concurrency" | "pools.llm_queue" => {
                 let resize = whisper_actors::llm::ResizeLlm {
-                    max_concurrent: new.pools.llm_concurrency,
+                    max_concurrent: new.llm_concurrency(),
                     queue_capacity: new.pools.llm_queue,
                 };
                 let _ = self.runtime.llm().send(resize).await;

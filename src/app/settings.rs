@@ -73,7 +73,7 @@ impl Settings {
             },
             restart: self.restart_policy(),
             llm: LlmPolicy {
-                max_concurrent: self.pools.llm_concurrency,
+                max_concurrent: self.llm_concurrency(),
                 queue_capacity: self.pools.llm_queue,
                 first_token_timeout: self.llm.request_timeout,
                 idle_timeout: self.llm.stream_idle_timeout,

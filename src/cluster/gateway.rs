@@ -47,19 +47,8 @@ pub enum ForgetError {
 
 type Waiting = std::sync::Mutex<HashMap<u64, oneshot::Sender<Result<String, String>>>>;
 
-/// How long a user's message waits at the gateway for messages of theirs that Discord sent
-/// earlier: serenity hands each event to its handler in a task of its own, so two messages of one
-/// user can reach [`Gateway::publish`] in either order. Those waiting are published in Discord
-/// id order (ids grow with time), which is the order the partition then keeps.
-pub const ORDER_WINDOW: Duration = Duration::from_millis(20);
-
-/// A user's messages waiting for [`ORDER_WINDOW`], by Discord id, with who waits for each.
-type Held = std::collections::BTreeMap<u64, (Work, oneshot::Sender<Result<(), BrokerError>>)>;
-
 pub struct Gateway {
     link: Link,
-    /// Users with messages waiting to be published in order.
-    ordering: std::sync::Mutex<HashMap<String, Held>>,
     partitions: u32,
     prefix: String,
     node: String,
@@ -85,7 +74,6 @@ impl Gateway {
         .await?;
         Ok(Arc::new(Self {
             link,
-            ordering: Default::default(),
             partitions: cluster.partitions,
             prefix: prefix.to_owned(),
             node: node.to_owned(),
@@ -115,13 +103,9 @@ impl Gateway {
     }
 
     /// Publishes `msg` into its user's partition, its replies to come back on `shard`'s queue;
-    /// Ok once the broker has it on disk. A user's messages that arrive within
-    /// [`ORDER_WINDOW`] of each other are published in Discord's order.
-    pub async fn publish(
-        self: &Arc<Self>,
-        msg: &UserMessage,
-        shard: u32,
-    ) -> Result<(), BrokerError> {
+    /// Ok once the broker has it on disk. The Discord handler calls this in the user's order
+    /// (see `transport::discord::arrivals`), and the partition keeps it.
+    pub async fn publish(&self, msg: &UserMessage, shard: u32) -> Result<(), BrokerError> {
         let inbound = Inbound {
             character: msg.key.character.to_string(),
             user: msg.key.user.to_string(),
@@ -132,69 +116,18 @@ impl Gateway {
             message_id: msg.message_id,
             reply_to: self.reply_queue(&msg.key.character, shard),
         };
-        let user = inbound.user.clone();
-        self.in_order(user, msg.message_id, Work::Message(inbound))
+        self.publish_work(&inbound.user, &Work::Message(inbound.clone()))
             .await
     }
 
-    /// Publishes `work` of `user` in the user's line: after [`ORDER_WINDOW`], lowest Discord id
-    /// (`order`) first.
-    async fn in_order(
-        self: &Arc<Self>,
-        user: String,
-        order: u64,
-        work: Work,
-    ) -> Result<(), BrokerError> {
-        let (tx, rx) = oneshot::channel();
-        let first = {
-            // A user has an entry exactly while a publisher runs for them.
-            let mut ordering = lock(&self.ordering);
-            let first = !ordering.contains_key(&user);
-            ordering
-                .entry(user.clone())
-                .or_default()
-                .insert(order, (work, tx));
-            first
-        };
-        let partition = partition_of(&user, self.partitions);
-        if first {
-            tokio::spawn(self.clone().publish_in_order(user));
-        }
-        rx.await.unwrap_or(Err(BrokerError::Nacked(partition)))
-    }
-
-    /// After [`ORDER_WINDOW`], publishes the user's waiting messages one by one, lowest id
-    /// first, until none is left (messages arriving meanwhile join the line).
-    async fn publish_in_order(self: Arc<Self>, user: String) {
-        tokio::time::sleep(ORDER_WINDOW).await;
-        loop {
-            let next = {
-                let mut ordering = lock(&self.ordering);
-                let Some(held) = ordering.get_mut(&user) else {
-                    return;
-                };
-                match held.pop_first() {
-                    Some((_, entry)) => entry,
-                    None => {
-                        ordering.remove(&user);
-                        return;
-                    }
-                }
-            };
-            let (work, done) = next;
-            let _ = done.send(self.publish_work(&user, &work).await);
-        }
-    }
-
     /// "Forget me" through the user's partition: it runs on the worker after the messages the
-    /// user sent before it (`order`: the command's Discord id, later than theirs); returns the
+    /// user sent before it (the command handler calls this in the user's order); returns the
     /// worker's report, which comes back on `reply_to` (a reply queue this gateway consumes).
     pub async fn forget(
-        self: &Arc<Self>,
+        &self,
         user: &str,
         scope: ForgetScope,
         reply_to: String,
-        order: u64,
     ) -> Result<String, ForgetError> {
         let request = self.next_request.fetch_add(1, Ordering::Relaxed);
         let (tx, rx) = oneshot::channel();
@@ -205,7 +138,7 @@ impl Gateway {
             request,
             reply_to,
         });
-        if let Err(e) = self.in_order(user.to_owned(), order, work).await {
+        if let Err(e) = self.publish_work(user, &work).await {
             lock(&self.forgets).remove(&request);
             return Err(e.into());
         }

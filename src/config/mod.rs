@@ -125,7 +125,7 @@ fn validate(loaded: &Loaded) -> Result<(), ConfigError> {
         ("jobs.max_attempts", s.jobs.max_attempts as u64),
         ("embedding.max_length", s.embedding.max_length as u64),
         ("embedding.threads", s.embedding.threads as u64),
-        ("pools.llm_concurrency", s.pools.llm_concurrency as u64),
+        ("pools.llm_concurrency", s.llm_concurrency() as u64),
         ("context.history_turns", s.context.history_turns as u64),
         ("context.token_budget", s.context.token_budget as u64),
         ("llm.local.threads", s.llm.local.threads as u64),
@@ -210,7 +210,23 @@ impl Loaded {
     }
 }
 
+/// Model requests at once for the bundled local server: its parallel slots share one core's
+/// worth of generation, and more slots only split it.
+pub const LOCAL_LLM_CONCURRENCY: usize = 2;
+/// Model requests at once for a configured endpoint: a hosted API or a GPU server serves many
+/// streams; 2 would queue a burst of mentions for seconds behind two replies.
+pub const ENDPOINT_LLM_CONCURRENCY: usize = 32;
+
 impl Settings {
+    /// `pools.llm_concurrency`, with "auto" resolved for the endpoint in use.
+    pub fn llm_concurrency(&self) -> usize {
+        match self.pools.llm_concurrency {
+            AutoCount::Fixed(n) => n as usize,
+            AutoCount::Auto if self.uses_local_llm() => LOCAL_LLM_CONCURRENCY,
+            AutoCount::Auto => ENDPOINT_LLM_CONCURRENCY,
+        }
+    }
+
     /// The effective configuration as TOML; every secret shows as `<redacted>` (or with its
     /// password masked), so it is safe to print.
     pub fn to_toml(&self) -> String {

@@ -45,7 +45,8 @@ pub struct PoolsSection {
     pub graph: usize,
     pub neo4j: usize,
     pub redis: usize,
-    pub llm_concurrency: usize,
+    /// A number, or "auto": see [`Settings::llm_concurrency`](super::Settings::llm_concurrency).
+    pub llm_concurrency: AutoCount,
     pub llm_queue: usize,
 }
 
@@ -226,6 +227,16 @@ pub struct DiscordSection {
 pub enum AutoCount {
     Auto,
     Fixed(u32),
+}
+
+/// As TOML writes it (a reload prints `"auto" -> 7`).
+impl std::fmt::Display for AutoCount {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            AutoCount::Auto => f.write_str("\"auto\""),
+            AutoCount::Fixed(n) => write!(f, "{n}"),
+        }
+    }
 }
 
 impl Serialize for AutoCount {

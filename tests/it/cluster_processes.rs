@@ -160,17 +160,23 @@ async fn all_answered(cluster: &Cluster, expected: &HashMap<u64, String>, within
         }
         assert!(
             Instant::now() < deadline,
-            "{missing} of {} messages unanswered",
-            expected.len()
+            "{missing} of {} messages unanswered: {:?}\n{}",
+            expected.len(),
+            expected
+                .iter()
+                .filter(|(id, text)| now.get(id).is_none_or(|(_, shown)| shown != *text))
+                .map(|(id, text)| (id, text, now.get(id).map(|(_, shown)| shown)))
+                .take(5)
+                .collect::<Vec<_>>(),
+            cluster.procs.warnings()
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
 
-/// Posts `per_user` messages for each user, a round of one message per user every 50 ms (the
-/// way people type: serenity hands each Discord event to a task of its own, and the gateway
-/// restores a user's order only among messages within its 20 ms window); returns message id ->
-/// expected reply, and each user's texts in order.
+/// Posts `per_user` messages for each user, all at once (serenity runs each event's handler in
+/// a task of its own: the gateway must put each user's messages back in Discord's order);
+/// returns message id -> expected reply, and each user's texts in order.
 async fn post_round(
     cluster: &Cluster,
     users: &[u64],
@@ -180,9 +186,6 @@ async fn post_round(
     let mut expected = HashMap::new();
     let mut texts: HashMap<u64, Vec<String>> = HashMap::new();
     for k in 0..per_user {
-        if k > 0 {
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
         for &user in users {
             let text = format!("{round} u{user} m{k}");
             let id = cluster.emu.post(dm(user, text.clone()));

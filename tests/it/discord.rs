@@ -762,7 +762,7 @@ fn a_burst_costs_one_write_per_reply() {
             s.discord.channel_writes = 5;
             s.discord.channel_window = Duration::from_secs(1);
             s.limits.messages_per_window = 0;
-            s.pools.llm_concurrency = 8;
+            s.pools.llm_concurrency = whisperengine::config::AutoCount::Fixed(8);
         })
         .await;
         // Each reply streams in a few tokens, well within one edit interval.

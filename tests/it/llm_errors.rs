@@ -91,7 +91,7 @@ fn a_full_queue_refuses_with_back_pressure() {
         llm.script([slow.clone(), slow.clone(), slow]);
         let dir = tempfile::tempdir().unwrap();
         let mut s = settings(dir.path(), &llm.base_url());
-        s.pools.llm_concurrency = 1;
+        s.pools.llm_concurrency = whisperengine::config::AutoCount::Fixed(1);
         s.pools.llm_queue = 1;
         let app = start(s, extras(vec![])).await;
         // Three users at once: one streams, one waits, one is refused.

@@ -13,7 +13,7 @@ fn each_users_replies_come_back_in_order() {
         llm.set_echo_delay(Duration::from_micros(200));
         let dir = tempfile::tempdir().unwrap();
         let mut s = settings(dir.path(), &llm.base_url());
-        s.pools.llm_concurrency = 8;
+        s.pools.llm_concurrency = whisperengine::config::AutoCount::Fixed(8);
         s.runtime.shards = 4;
         let app = start(s, extras(vec![])).await;
 

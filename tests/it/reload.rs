@@ -216,7 +216,7 @@ fn reloads_under_load_lose_nothing_and_keep_order() {
         let llm = ScriptedLlm::start().await;
         let bot = BotDir::new(&llm.base_url());
         let mut s = bot.settings();
-        s.pools.llm_concurrency = 8;
+        s.pools.llm_concurrency = whisperengine::config::AutoCount::Fixed(8);
         s.pools.llm_queue = 2_000;
         bot.write_config("[runtime]\nshards = 2\n[pools]\nllm_concurrency = 8\nllm_queue = 2000\n");
         let app = start(s, extras(vec![])).await;

@@ -144,6 +144,25 @@ impl Processes {
         }
     }
 
+    /// Every member's warnings and errors, for a failing test's message.
+    pub fn warnings(&self) -> String {
+        let mut nodes: Vec<&String> = self.members.keys().collect();
+        nodes.sort();
+        nodes
+            .into_iter()
+            .map(|node| {
+                let lines: Vec<String> = self
+                    .log(node)
+                    .lines()
+                    .filter(|l| l.contains("WARN") || l.contains("ERROR"))
+                    .map(str::to_owned)
+                    .collect();
+                let tail = &lines[lines.len().saturating_sub(15)..];
+                format!("--- {node}\n{}\n", tail.join("\n"))
+            })
+            .collect()
+    }
+
     pub fn log(&self, node: &str) -> String {
         std::fs::read_to_string(self.dir(node).join("stderr.log")).unwrap_or_default()
     }

@@ -22,6 +22,8 @@ pub struct CommandData {
     /// Cluster mode: `/forget` runs on the worker owning the user's partition.
     pub cluster: Option<std::sync::Arc<crate::cluster::gateway::Gateway>>,
     pub shards: super::shards::ShardPlan,
+    /// `/forget` takes its place in the user's line behind the messages they sent before it.
+    pub arrivals: std::sync::Arc<super::arrivals::Arrivals>,
 }
 
 pub fn all() -> Vec<poise::Command<CommandData, Error>> {
@@ -88,8 +90,10 @@ pub async fn forget(
     ctx: Ctx<'_>,
     #[description = "What to forget (default: all)"] scope: Option<ForgetChoice>,
 ) -> Result<(), Error> {
+    let place = ctx.data().arrivals.enter(ctx.author().id.get(), ctx.id());
     // Forgetting waits for a reply in flight; acknowledge within Discord's 3 s first.
     ctx.defer_ephemeral().await?;
+    place.wait_turn().await;
     let scope = match scope.unwrap_or(ForgetChoice::All) {
         ForgetChoice::All => ForgetScope::All,
         ForgetChoice::Memories => ForgetScope::Memories,
@@ -105,10 +109,11 @@ pub async fn forget(
             data.control.forget_channel_context(&user);
             let shard = data.shards.shard_of(ctx.guild_id().map(|g| g.get()));
             let reply_to = gateway.reply_queue(&data.character, shard);
-            gateway.forget(&user, scope, reply_to, ctx.id()).await?
+            gateway.forget(&user, scope, reply_to).await?
         }
         None => ctx.data().control.forget(&user, scope).await?.to_string(),
     };
+    drop(place);
     ctx.say(format!("Done, I forgot: {report}.")).await?;
     Ok(())
 }

@@ -32,6 +32,8 @@ pub const THREADS: usize = 10_000;
 
 pub struct Bot {
     pub character: String,
+    /// Each author's messages in Discord's order (handlers run in tasks of their own).
+    pub arrivals: Arc<super::arrivals::Arrivals>,
     /// Threads seen created: thread id to (parent channel, owner). The cache only knows threads
     /// of guilds it holds, and a thread's channel rules follow its parent.
     /// Bounded (`THREADS`, least recently used dropped): a dropped thread is looked up in the
@@ -59,7 +61,9 @@ pub fn user_key(user: u64) -> String {
 
 #[async_trait]
 impl EventHandler for Bot {
-    async fn ready(&self, _: Context, ready: Ready) {
+    async fn ready(&self, ctx: Context, ready: Ready) {
+        // The shard runner calls collectors in the gateway's order, before any handler runs.
+        ctx.shard.add_collector(self.arrivals.collector());
         if let Some(log) = &self.log {
             log.set_bot(&self.character, ready.user.id.get());
         }
@@ -115,6 +119,8 @@ impl EventHandler for Bot {
     }
 
     async fn message(&self, ctx: Context, msg: Message) {
+        // Held until this message is handed on (or dropped): later ones of the author wait.
+        let place = self.arrivals.enter(msg.author.id.get(), msg.id.get());
         let me = ctx.cache.current_user().id;
         let known = self
             .threads
@@ -201,6 +207,7 @@ impl EventHandler for Bot {
             reply_to: self.outbound.clone().recipient(),
             settled: None,
         };
+        place.wait_turn().await;
         if let Some(gateway) = &self.cluster {
             let shard = self.shards.shard_of(msg.guild_id.map(|g| g.get()));
             if let Err(error) = gateway.publish(&message, shard).await {

@@ -8,6 +8,7 @@
 //!                     DiscordActor (per bot token) ─▶ writer task per reply ─▶ REST
 //! ```
 
+pub mod arrivals;
 pub mod channel;
 pub mod commands;
 pub mod inbound;
@@ -136,7 +137,9 @@ pub async fn start(app: &App, settings: &Settings) -> Result<DiscordBots, Discor
                 DiscordActor::new(stats, rest, limiter, edit_interval)
             })
         };
+        let arrivals = Arc::new(arrivals::Arrivals::default());
         let handler = Bot {
+            arrivals: arrivals.clone(),
             character: character.clone(),
             threads: std::sync::Mutex::new(lru::LruCache::new(
                 std::num::NonZeroUsize::new(inbound::THREADS).expect("non-zero"),
@@ -157,6 +160,7 @@ pub async fn start(app: &App, settings: &Settings) -> Result<DiscordBots, Discor
             guild_memories_in_dm: settings.memory.guild_memories_in_dm,
             cluster: gateway.clone(),
             shards: plan,
+            arrivals,
         };
         let framework = poise::Framework::builder()
             .options(poise::FrameworkOptions {
