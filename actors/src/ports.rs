@@ -235,6 +235,10 @@ pub struct EmbedError(pub String);
 #[async_trait]
 pub trait Embedder: Send + Sync + 'static {
     async fn embed(&self, texts: Vec<String>) -> Result<Vec<Embedding>, EmbedError>;
+    /// For background work (memories of replies, summaries): served behind live messages.
+    async fn embed_background(&self, texts: Vec<String>) -> Result<Vec<Embedding>, EmbedError> {
+        self.embed(texts).await
+    }
     fn dimensions(&self) -> usize;
     /// Identifies the model, for caches keyed by model.
     fn model_id(&self) -> &str;

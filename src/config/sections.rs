@@ -336,6 +336,11 @@ pub struct EmbeddingSection {
     pub model_dir: PathBuf,
     pub max_length: usize,
     pub threads: usize,
+    /// Sentences per inference at most when requests are batched.
+    pub max_batch: usize,
+    /// How long an inference waits for more requests when a worker is free.
+    #[serde(with = "humantime_serde")]
+    pub batch_wait: Duration,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]

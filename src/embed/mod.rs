@@ -5,7 +5,12 @@
 //! packages too: nothing is downloaded at run time. `embed` is synchronous and CPU-bound, so it
 //! runs in an `EmbedderActor` pool on `SyncArbiter` threads (`pools.embedder`), never on a shard.
 
+mod batch;
+
+pub use batch::{BatchCounts, BatchPolicy};
+
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock};
 use whisper_actors::pool::InjectPanic;
 
@@ -174,6 +179,11 @@ impl EmbedderActor {
 pub struct LocalEmbedder {
     /// Swapped whole by [`LocalEmbedder::resize`]: the old threads finish their queue.
     workers: whisper_actors::live::Live<Addr<EmbedderActor>>,
+    /// Gathers concurrent requests into shared inferences.
+    batcher: batch::Batcher,
+    /// One permit per worker thread: a batch is formed when a worker is free.
+    free: Arc<tokio::sync::Semaphore>,
+    threads: AtomicUsize,
     files: Arc<ModelFiles>,
     stats: Arc<PoolStats>,
     dimensions: usize,
@@ -198,9 +208,31 @@ impl LocalEmbedder {
         let stats = Arc::new(PoolStats::default());
         stats.size.set(threads as u64);
         let files = Arc::new(files);
-        let workers = Self::threads(&files, &stats, threads, Some(probe));
+        let workers =
+            whisper_actors::live::Live::new(Self::threads(&files, &stats, threads, Some(probe)));
+        let free = Arc::new(tokio::sync::Semaphore::new(threads.max(1)));
+        let pool = workers.clone();
+        let batcher = batch::Batcher::start(
+            move |texts| {
+                let workers = pool.get();
+                async move {
+                    workers
+                        .send(Embed(texts))
+                        .await
+                        .unwrap_or_else(|_| Err(EmbedError("embedder pool stopped".into())))
+                }
+            },
+            free.clone(),
+            BatchPolicy {
+                max_batch: cfg.max_batch.max(1),
+                wait: cfg.batch_wait,
+            },
+        );
         Ok(Self {
-            workers: whisper_actors::live::Live::new(workers),
+            workers,
+            batcher,
+            free,
+            threads: AtomicUsize::new(threads.max(1)),
             files,
             stats,
             dimensions,
@@ -234,9 +266,23 @@ impl LocalEmbedder {
     /// Serves from `threads` new EmbedderActors (each loads its session); the old ones answer
     /// what they hold and exit once their last request is answered.
     pub fn resize(&self, threads: usize) {
+        let threads = threads.max(1);
         self.workers
             .set(Self::threads(&self.files, &self.stats, threads, None));
-        self.stats.size.set(threads.max(1) as u64);
+        let before = self.threads.swap(threads, Ordering::Relaxed);
+        if threads > before {
+            self.free.add_permits(threads - before);
+        } else {
+            // Permits in use now are forgotten as they come back (the semaphore's count may
+            // stay above the new size until then; the extra batches just queue at the pool).
+            self.free.forget_permits(before - threads);
+        }
+        self.stats.size.set(threads as u64);
+    }
+
+    /// Inferences run and sentences embedded so far.
+    pub fn batch_counts(&self) -> Arc<BatchCounts> {
+        self.batcher.counts.clone()
     }
 
     pub fn stats(&self) -> Arc<PoolStats> {
@@ -257,10 +303,18 @@ impl LocalEmbedder {
 impl Embedder for LocalEmbedder {
     async fn embed(&self, texts: Vec<String>) -> Result<Vec<Embedding>, EmbedError> {
         self.stats.queue_depth.inc();
-        let workers = self.workers.get();
-        let result = workers.send(Embed(texts)).await;
+        let result = self.batcher.live(texts).await;
         self.stats.queue_depth.dec();
-        let result = result.unwrap_or_else(|_| Err(EmbedError("embedder pool stopped".into())));
+        if result.is_err() {
+            self.stats.errors.inc();
+        }
+        result
+    }
+
+    async fn embed_background(&self, texts: Vec<String>) -> Result<Vec<Embedding>, EmbedError> {
+        self.stats.queue_depth.inc();
+        let result = self.batcher.background(texts).await;
+        self.stats.queue_depth.dec();
         if result.is_err() {
             self.stats.errors.inc();
         }

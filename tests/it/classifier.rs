@@ -18,6 +18,8 @@ fn the_fast_track_is_precise_on_the_labelled_set() {
             model_dir: "".into(),
             max_length: 256,
             threads: 1,
+            max_batch: 32,
+            batch_wait: std::time::Duration::from_micros(300),
         };
         let embedder = LocalEmbedder::start(&cfg, 1).unwrap();
         let cache = tempfile::tempdir().unwrap();

@@ -13,6 +13,8 @@ fn section() -> EmbeddingSection {
         model_dir: PathBuf::new(),
         max_length: 256,
         threads: 1,
+        max_batch: 32,
+        batch_wait: std::time::Duration::from_micros(300),
     }
 }
 
@@ -46,6 +48,59 @@ fn local_embeddings_match_the_reference_model() {
             (unrelated - 0.06).abs() < 0.03,
             "cos(hello there, quantum) = {unrelated}"
         );
+    });
+}
+
+/// Concurrent requests share inferences (fewer inferences than requests), and each caller's
+/// vectors equal the ones it gets alone, to 1e-6 (padding to the batch's longest sentence is
+/// masked out of the mean pooling).
+#[test]
+fn batched_vectors_equal_one_by_one_vectors() {
+    run_actix(|| async {
+        let embedder = LocalEmbedder::start(&section(), 1).expect("provisioned model loads");
+        let requests: Vec<Vec<String>> = (0..24)
+            .map(|i| match i % 3 {
+                0 => vec![format!("hi {i}")],
+                1 => vec![
+                    format!("my sister {i} moved to a flat in Cork last spring and loves it"),
+                    "ok".to_owned(),
+                ],
+                _ => vec![format!(
+                    "what did I tell you about the recipe with {i} eggs, the long one from my grandmother's notebook?"
+                )],
+            })
+            .collect();
+        let mut alone = Vec::new();
+        for texts in &requests {
+            alone.push(embedder.embed(texts.clone()).await.unwrap());
+        }
+        let counts = embedder.batch_counts();
+        let before = counts.inferences.load(std::sync::atomic::Ordering::Relaxed);
+        let together = futures::future::join_all(requests.iter().enumerate().map(|(i, texts)| {
+            let (embedder, texts) = (&embedder, texts.clone());
+            async move {
+                if i % 2 == 0 {
+                    embedder.embed(texts).await
+                } else {
+                    embedder.embed_background(texts).await
+                }
+            }
+        }))
+        .await;
+        let inferences = counts.inferences.load(std::sync::atomic::Ordering::Relaxed) - before;
+        assert!(inferences < 24, "{inferences} inferences for 24 requests");
+        for (i, (batched, single)) in together.into_iter().zip(&alone).enumerate() {
+            let batched = batched.unwrap();
+            assert_eq!(batched.len(), single.len(), "request {i}");
+            for (b, s) in batched.iter().zip(single) {
+                let worst = b
+                    .iter()
+                    .zip(s.iter())
+                    .map(|(x, y)| (x - y).abs())
+                    .fold(0.0f32, f32::max);
+                assert!(worst < 1e-6, "request {i}: differs by {worst}");
+            }
+        }
     });
 }
 

@@ -85,7 +85,7 @@ pub async fn remember_turn(
         .map(|t| t.3.clone())
         .collect();
     let mut embedded = embedder
-        .embed(to_embed)
+        .embed_background(to_embed)
         .await
         .map_err(|e| e.to_string())?
         .into_iter();

@@ -107,7 +107,7 @@ impl crate::jobs::JobHandler for SummariseHandler {
         };
         let vector = self
             .embedder
-            .embed(vec![summary.clone()])
+            .embed_background(vec![summary.clone()])
             .await
             .map_err(|e| JobError::new(e.to_string()))?
             .pop()
