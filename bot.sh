@@ -31,8 +31,8 @@ usage: ./bot.sh <command> [args...]
   reload            make the running bot re-read config/ and the character files and apply
                     what changed (the same as SIGHUP); prints what changed and what needs a
                     restart
-  bench [scenario]  run the benchmarks: overhead, load, idle, classifier, search, memory,
-                    reshard, context, cluster (default: all); "memory --server" replays the recall
+  bench [scenario]  run the benchmarks: overhead, load, load-embedded, idle, classifier,
+                    search, memory, reshard, context, cluster (default: all); "memory --server" replays the recall
                     set on the server stores that run here; "cluster" runs worker processes on
                     RabbitMQ (127.0.0.1:5672) and Redis (127.0.0.1:6379)
   backup [DIR]      back up every store in use (default backups/<UTC time>): JSON lines,
@@ -359,7 +359,7 @@ cmd_bench() {
     provision_arcadedb; provision_pgvector
   fi
   cd "$ROOT"
-  log "running benchmarks (release build; scenarios: overhead, load, idle, classifier, search, memory, reshard, context, cluster)"
+  log "running benchmarks (release build; scenarios: overhead, load, load-embedded, idle, classifier, search, memory, reshard, context, cluster)"
   exec cargo bench --locked --bench runtime -- "$@"
 }
 

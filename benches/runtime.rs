@@ -16,6 +16,10 @@ mod support;
 
 #[path = "scenarios/cluster.rs"]
 mod cluster;
+#[path = "scenarios/footprint.rs"]
+mod footprint;
+#[path = "scenarios/load_embedded.rs"]
+mod load_embedded;
 
 use std::collections::HashMap;
 use std::process::Command;
@@ -570,9 +574,11 @@ fn main() {
         Some("memory") => memory(),
         Some("context") => context(),
         Some("cluster") => cluster::run(),
+        Some("load-embedded") => load_embedded::run(),
+        Some("footprint") => footprint::run(),
         Some(other) => {
             panic!(
-                "unknown scenario {other:?}: overhead, load, idle, classifier, search, memory, reshard, context or cluster"
+                "unknown scenario {other:?}: overhead, load, load-embedded, footprint, idle, classifier, search, memory, reshard, context or cluster"
             )
         }
         None => {
@@ -580,6 +586,8 @@ fn main() {
             for scenario in [
                 "overhead",
                 "load",
+                "load-embedded",
+                "footprint",
                 "idle",
                 "classifier",
                 "search",

@@ -106,7 +106,7 @@ impl Batcher {
                 metrics::histogram!("whisper_embedder_batch_sentences").record(size as f64);
                 let embed = embed.clone();
                 tokio::spawn(async move {
-                    run(&embed, batch).await;
+                    run(&embed, batch, policy.max_batch).await;
                     drop(permit);
                 });
             }
@@ -138,20 +138,40 @@ impl Batcher {
     }
 }
 
+/// Embeds `texts` in inferences of at most `max_batch` sentences: ONNX Runtime keeps the
+/// memory its largest inference needed, so one request of 135 sentences (the classifier's
+/// examples at startup) must not set the process's footprint.
+async fn chunked<F, Fut>(embed: &F, texts: Vec<String>, max_batch: usize) -> Answer
+where
+    F: Fn(Vec<String>) -> Fut,
+    Fut: Future<Output = Answer>,
+{
+    if texts.len() <= max_batch {
+        return embed(texts).await;
+    }
+    let mut out = Vec::with_capacity(texts.len());
+    for chunk in texts.chunks(max_batch.max(1)) {
+        out.extend(embed(chunk.to_vec()).await?);
+    }
+    Ok(out)
+}
+
 /// One inference for the whole batch, split back per caller; on failure, one per caller.
-async fn run<F, Fut>(embed: &F, batch: Vec<Request>)
+async fn run<F, Fut>(embed: &F, batch: Vec<Request>, max_batch: usize)
 where
     F: Fn(Vec<String>) -> Fut,
     Fut: Future<Output = Answer>,
 {
     if batch.len() == 1 {
         let request = batch.into_iter().next().expect("one");
-        let _ = request.reply.send(embed(request.texts).await);
+        let _ = request
+            .reply
+            .send(chunked(embed, request.texts, max_batch).await);
         return;
     }
     let all: Vec<String> = batch.iter().flat_map(|r| r.texts.iter().cloned()).collect();
     let expected = all.len();
-    match embed(all).await {
+    match chunked(embed, all, max_batch).await {
         Ok(mut vectors) if vectors.len() == expected => {
             for request in batch {
                 let rest = vectors.split_off(request.texts.len());
@@ -162,7 +182,9 @@ where
         }
         _ => {
             for request in batch {
-                let _ = request.reply.send(embed(request.texts).await);
+                let _ = request
+                    .reply
+                    .send(chunked(embed, request.texts, max_batch).await);
             }
         }
     }

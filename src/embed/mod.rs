@@ -44,7 +44,10 @@ pub enum EmbedSetupError {
 /// Everything needed to build one embedding session (each pool thread builds its own).
 #[derive(Clone)]
 struct ModelFiles {
-    onnx: Arc<Vec<u8>>,
+    /// Read again for every session built (at start, on a restart, on a resize): holding the
+    /// 23 MB here as well as in the session would double the model's footprint.
+    onnx: PathBuf,
+    onnx_len: u64,
     tokenizer: TokenizerFiles,
     max_length: usize,
     threads: usize,
@@ -94,7 +97,16 @@ fn load_files(cfg: &EmbeddingSection) -> Result<ModelFiles, EmbedSetupError> {
         cache_dir().join("models/all-minilm-l6-v2")
     });
     Ok(ModelFiles {
-        onnx: Arc::new(read(&dir, "model.onnx")?),
+        onnx_len: std::fs::metadata(dir.join("model.onnx"))
+            .map(|m| m.len())
+            .unwrap_or(0),
+        onnx: {
+            let path = dir.join("model.onnx");
+            if !path.is_file() {
+                return Err(EmbedSetupError::MissingModelFile(path));
+            }
+            path
+        },
         tokenizer: TokenizerFiles {
             tokenizer_file: read(&dir, "tokenizer.json")?,
             config_file: read(&dir, "config.json")?,
@@ -109,9 +121,14 @@ fn load_files(cfg: &EmbeddingSection) -> Result<ModelFiles, EmbedSetupError> {
 
 fn build_session(files: &ModelFiles) -> Result<TextEmbedding, EmbedSetupError> {
     // MiniLM is trained with mean pooling; fastembed's default (CLS) would be wrong.
-    let model =
-        UserDefinedEmbeddingModel::new(files.onnx.as_ref().clone(), files.tokenizer.clone())
-            .with_pooling(Pooling::Mean);
+    let model = UserDefinedEmbeddingModel::new(
+        std::fs::read(&files.onnx).map_err(|source| EmbedSetupError::Read {
+            path: files.onnx.clone(),
+            source,
+        })?,
+        files.tokenizer.clone(),
+    )
+    .with_pooling(Pooling::Mean);
     let mut options = InitOptionsUserDefined::new().with_max_length(files.max_length);
     options.intra_threads = Some(files.threads);
     TextEmbedding::try_new_from_user_defined(model, options).map_err(|e| EmbedSetupError::Model {
@@ -204,7 +221,7 @@ impl LocalEmbedder {
                 reason: e.to_string(),
             })?[0]
             .len();
-        let model_id = format!("{}:{}", files.dir.display(), files.onnx.len());
+        let model_id = format!("{}:{}", files.dir.display(), files.onnx_len);
         let stats = Arc::new(PoolStats::default());
         stats.size.set(threads as u64);
         let files = Arc::new(files);
