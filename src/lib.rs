@@ -7,6 +7,7 @@ pub mod classifier;
 pub mod cluster;
 pub mod config;
 pub mod embed;
+pub mod heap;
 pub mod llm;
 pub mod observe;
 pub mod secret;

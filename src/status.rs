@@ -90,9 +90,14 @@ pub fn spawn_reporter(
                 status: snapshot,
                 cluster: cluster.lock().expect("cluster status lock").clone(),
             };
-            // The write syncs to disk: it runs on the blocking pool, not on an async worker.
+            // The write syncs to disk: it runs on the blocking pool, not on an async worker; so
+            // does the trim that hands free heap pages back.
             let target = path.clone();
-            match tokio::task::spawn_blocking(move || write(&target, &file)).await {
+            let written = tokio::task::spawn_blocking(move || {
+                crate::heap::trim();
+                write(&target, &file)
+            });
+            match written.await {
                 Ok(Ok(())) => {}
                 Ok(Err(e)) => {
                     warn!(error = %e, path = %path.display(), "cannot write the status file")

@@ -18,6 +18,8 @@ fn rss_mb() -> (f64, f64) {
 }
 
 pub fn run() {
+    // As the binary's `main` does.
+    whisperengine::heap::tune();
     run_actix(|| async {
         let (base, _) = rss_mb();
         let dir = tempfile::tempdir().unwrap();

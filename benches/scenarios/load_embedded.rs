@@ -25,7 +25,7 @@ fn text(n: u64) -> String {
         "the trip",
         "my cat",
     ];
-    if n % 2 == 0 {
+    if n.is_multiple_of(2) {
         "hey, how are you doing today?".to_owned()
     } else {
         format!(

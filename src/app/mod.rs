@@ -335,6 +335,8 @@ impl App {
                 .await?,
             )
         };
+        // Model loading left free pages in the heap.
+        crate::heap::trim();
         let cluster_status: status::ClusterSlot = Default::default();
         let reporter = status::spawn_reporter(
             stats,

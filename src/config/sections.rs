@@ -341,6 +341,8 @@ pub struct EmbeddingSection {
     /// How long an inference waits for more requests when a worker is free.
     #[serde(with = "humantime_serde")]
     pub batch_wait: Duration,
+    /// ONNX Runtime's CPU memory arena.
+    pub arena: bool,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]

@@ -51,6 +51,7 @@ struct ModelFiles {
     tokenizer: TokenizerFiles,
     max_length: usize,
     threads: usize,
+    arena: bool,
     dir: PathBuf,
 }
 
@@ -115,6 +116,7 @@ fn load_files(cfg: &EmbeddingSection) -> Result<ModelFiles, EmbedSetupError> {
         },
         max_length: cfg.max_length,
         threads: cfg.threads,
+        arena: cfg.arena,
         dir,
     })
 }
@@ -131,6 +133,13 @@ fn build_session(files: &ModelFiles) -> Result<TextEmbedding, EmbedSetupError> {
     .with_pooling(Pooling::Mean);
     let mut options = InitOptionsUserDefined::new().with_max_length(files.max_length);
     options.intra_threads = Some(files.threads);
+    // The CPU arena keeps, for good, the memory of the largest inference the process ever ran
+    // (batches of long memory chunks): off, a burst's memory goes back after it.
+    options.execution_providers = vec![
+        ort::ep::CPU::default()
+            .with_arena_allocator(files.arena)
+            .build(),
+    ];
     TextEmbedding::try_new_from_user_defined(model, options).map_err(|e| EmbedSetupError::Model {
         dir: files.dir.clone(),
         reason: e.to_string(),

@@ -19,7 +19,8 @@ fn the_fast_track_is_precise_on_the_labelled_set() {
             max_length: 256,
             threads: 1,
             max_batch: 32,
-            batch_wait: std::time::Duration::from_micros(300),
+            batch_wait: std::time::Duration::ZERO,
+            arena: true,
         };
         let embedder = LocalEmbedder::start(&cfg, 1).unwrap();
         let cache = tempfile::tempdir().unwrap();

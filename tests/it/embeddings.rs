@@ -14,7 +14,8 @@ fn section() -> EmbeddingSection {
         max_length: 256,
         threads: 1,
         max_batch: 32,
-        batch_wait: std::time::Duration::from_micros(300),
+        batch_wait: std::time::Duration::ZERO,
+        arena: true,
     }
 }
 
