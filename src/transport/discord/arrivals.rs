@@ -21,8 +21,9 @@ use serenity::gateway::CollectorCallback;
 use tokio::sync::Notify;
 use tracing::warn;
 
-/// The longest a message waits for earlier ones of its author.
-pub const MAX_WAIT: Duration = Duration::from_secs(5);
+/// The longest a message waits for earlier ones of its author: longer than a cluster gateway
+/// keeps trying to hand a message to the broker (30 s), so a broker restart keeps the order.
+pub const MAX_WAIT: Duration = Duration::from_secs(45);
 
 #[derive(Default)]
 pub struct Arrivals {
