@@ -61,6 +61,10 @@ pub struct Runtime {
     pub router: ShardRouter,
     /// `/forget` published into a partition runs through it.
     pub control: UserControl,
+    /// Turns this worker runs at once, over all its partitions: what the model admission
+    /// takes (`pools.llm_concurrency` + `pools.llm_queue`). Beyond it, deliveries wait in the
+    /// broker, durable, instead of being turned away as "too busy".
+    pub max_turns: usize,
 }
 
 /// When each partition's oldest turn in flight started, for the watchdog.
@@ -93,6 +97,7 @@ pub async fn start(
         let mut was_owned: BTreeSet<u32> = BTreeSet::new();
         let mut round = 0u64;
         let oldest: Oldest = Default::default();
+        let turns = Arc::new(tokio::sync::Semaphore::new(runtime.max_turns.max(1)));
         let mut broker = link.current().await;
         loop {
             round += 1;
@@ -180,6 +185,7 @@ pub async fn start(
                             partition: *p,
                             handoff: settings.handoff_timeout,
                             oldest: oldest.clone(),
+                            turns: turns.clone(),
                         }
                         .serve(settings.prefetch, node.clone(), yield_rx),
                     );
@@ -278,6 +284,8 @@ struct Held {
     channel: Option<u64>,
     guild: Option<u64>,
     started: Instant,
+    /// The worker's turn slot, given back when the turn is settled.
+    _slot: tokio::sync::OwnedSemaphorePermit,
 }
 
 /// One partition's consumer.
@@ -287,6 +295,8 @@ struct Partition {
     partition: u32,
     handoff: Duration,
     oldest: Oldest,
+    /// Shared by the worker's partitions: a turn holds a permit until it is settled.
+    turns: Arc<tokio::sync::Semaphore>,
 }
 
 impl Partition {
@@ -309,6 +319,9 @@ impl Partition {
         // nothing the user sent after it runs first.
         let mut parked: Option<(ForgetRequest, Delivery)> = None;
         let mut deadline: Option<Instant> = None;
+        // A message taken from the broker while every turn slot of the worker is busy: no
+        // other is taken until it has a slot.
+        let mut waiting: Option<(Inbound, Delivery)> = None;
         loop {
             self.note_oldest(&pending);
             if let Some((forget, _)) = &parked
@@ -333,13 +346,21 @@ impl Partition {
                 return;
             }
             tokio::select! {
-                delivery = consumer.next(), if deadline.is_none() && parked.is_none() => {
+                slot = self.turns.clone().acquire_owned(), if waiting.is_some() && deadline.is_none() => {
+                    let (inbound, delivery) = waiting.take().expect("checked");
+                    let slot = slot.expect("the semaphore is never closed");
+                    self.start_turn(inbound, delivery, slot, &sink, &mut pending).await;
+                }
+                delivery = consumer.next(), if waiting.is_none() && deadline.is_none() && parked.is_none() => {
                     let Some(delivery) = delivery else {
                         self.oldest_done();
                         return;
                     };
                     match serde_json::from_slice::<Work>(&delivery.payload) {
-                        Ok(Work::Message(inbound)) => self.start_turn(inbound, delivery, &sink, &mut pending).await,
+                        Ok(Work::Message(inbound)) => match self.turns.clone().try_acquire_owned() {
+                            Ok(slot) => self.start_turn(inbound, delivery, slot, &sink, &mut pending).await,
+                            Err(_) => waiting = Some((inbound, delivery)),
+                        },
                         Ok(Work::Forget(forget)) => parked = Some((forget, delivery)),
                         Err(e) => {
                             warn!(partition, error = %e, "an undecodable message; acked and dropped");
@@ -398,6 +419,7 @@ impl Partition {
         &self,
         inbound: Inbound,
         delivery: Delivery,
+        slot: tokio::sync::OwnedSemaphorePermit,
         sink: &actix::Addr<PartitionSink>,
         pending: &mut HashMap<(String, u64), VecDeque<Held>>,
     ) {
@@ -429,6 +451,7 @@ impl Partition {
                         channel: inbound.channel,
                         guild,
                         started: Instant::now(),
+                        _slot: slot,
                     });
             }
             Err(e) => {

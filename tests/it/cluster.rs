@@ -133,6 +133,7 @@ fn runtime(app: &whisperengine::app::App) -> whisperengine::cluster::worker::Run
     whisperengine::cluster::worker::Runtime {
         router: app.router(),
         control: app.control(),
+        max_turns: 64,
     }
 }
 
