@@ -5,7 +5,7 @@
 //! each time such a block is freed, so later large blocks land in a heap that never shrinks).
 //! A fixed threshold sends large blocks back to the system when freed, and a trim after start
 //! returns the free pages left in the heap: the default embedded configuration then holds about
-//! 150 MB instead of 250 MB (`./bot.sh bench footprint`).
+//! 160 MB once started instead of 240 MB (`./bot.sh bench footprint`).
 
 /// Large allocations (ONNX Runtime's inference buffers, model bytes) are mapped and unmapped.
 const MMAP_THRESHOLD: i32 = 256 * 1024;
