@@ -312,9 +312,25 @@ build_release() {
   (cd "$ROOT" && cargo build --release --locked --bin whisperengine >&2)
 }
 
+# Runs one step of the first start and says how long it took (a fresh machine compiles
+# llama.cpp and the bot; a cached one skips both in seconds).
+timed_step() {
+  local label="$1"; shift
+  local started=$SECONDS
+  log "$label"
+  "$@"
+  log "  done in $((SECONDS - started)) s"
+}
+
 cmd_run() {
-  if needs_local_llm; then provision; fi
-  build_release
+  if needs_local_llm; then
+    timed_step "step 1/3: the local model and embeddings (downloads once, seconds when cached)" \
+      provision_llm_model
+    timed_step "step 2/3: llama-server (compiles llama.cpp once: about 12 minutes on 2 cores)" \
+      provision_llama_server
+  fi
+  provision_embeddings
+  timed_step "step 3/3: building the bot (about 15 minutes the first time on 2 cores)" build_release
   cd "$ROOT"
   exec "$ROOT/target/release/whisperengine" run "$@"
 }
