@@ -413,10 +413,7 @@ fn cluster_member(cli: &Cli) -> anyhow::Result<ExitCode> {
                     whisperengine::cluster::worker::Runtime {
                         router: app.router(),
                         control: app.control(),
-                        // Background jobs (summaries, fact extraction) take model slots too.
-                        max_turns: (settings.llm_concurrency() + settings.pools.llm_queue)
-                            .saturating_sub(settings.jobs.workers)
-                            .max(1),
+                        max_turns: settings.worker_turns(),
                     },
                     &settings.cluster,
                     membership,

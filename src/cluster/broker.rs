@@ -338,6 +338,20 @@ impl Link {
         })
     }
 
+    /// The link of a cluster member: `cluster.broker_url`, `heartbeat` and `partitions`.
+    pub async fn for_cluster(
+        cluster: &crate::config::ClusterSection,
+        prefix: &str,
+    ) -> Result<Self, BrokerError> {
+        Self::connect(
+            cluster.broker_url.expose(),
+            cluster.heartbeat,
+            prefix,
+            cluster.partitions,
+        )
+        .await
+    }
+
     /// The connection in use, as it is (possibly lost: see [`Link::connected`]).
     pub async fn current(&self) -> Arc<Broker> {
         self.current.lock().await.clone()

@@ -65,13 +65,7 @@ impl Gateway {
         prefix: &str,
         node: &str,
     ) -> Result<Arc<Self>, BrokerError> {
-        let link = Link::connect(
-            cluster.broker_url.expose(),
-            cluster.heartbeat,
-            prefix,
-            cluster.partitions,
-        )
-        .await?;
+        let link = Link::for_cluster(cluster, prefix).await?;
         Ok(Arc::new(Self {
             link,
             partitions: cluster.partitions,
@@ -116,8 +110,8 @@ impl Gateway {
             message_id: msg.message_id,
             reply_to: self.reply_queue(&msg.key.character, shard),
         };
-        self.publish_work(&inbound.user, &Work::Message(inbound.clone()))
-            .await
+        let user = inbound.user.clone();
+        self.publish_work(&user, &Work::Message(inbound)).await
     }
 
     /// "Forget me" through the user's partition: it runs on the worker after the messages the

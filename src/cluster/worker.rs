@@ -79,13 +79,7 @@ pub async fn start(
     prefix: &str,
     report: crate::status::ClusterSlot,
 ) -> Result<WorkerHandle, BrokerError> {
-    let link = Link::connect(
-        cluster.broker_url.expose(),
-        cluster.heartbeat,
-        prefix,
-        cluster.partitions,
-    )
-    .await?;
+    let link = Link::for_cluster(cluster, prefix).await?;
     let (stop, stopped) = watch::channel(false);
     let consumed: Arc<std::sync::Mutex<BTreeSet<u32>>> = Default::default();
     let settings = cluster.clone();

@@ -218,6 +218,14 @@ pub const LOCAL_LLM_CONCURRENCY: usize = 2;
 pub const ENDPOINT_LLM_CONCURRENCY: usize = 32;
 
 impl Settings {
+    /// Turns a cluster worker runs at once: what its model admission takes, less the slots
+    /// background jobs (summaries, fact extraction) may hold.
+    pub fn worker_turns(&self) -> usize {
+        (self.llm_concurrency() + self.pools.llm_queue)
+            .saturating_sub(self.jobs.workers)
+            .max(1)
+    }
+
     /// `pools.llm_concurrency`, with "auto" resolved for the endpoint in use.
     pub fn llm_concurrency(&self) -> usize {
         match self.pools.llm_concurrency {

@@ -71,36 +71,27 @@ impl Batcher {
                     Some(r) = background.recv() => r,
                     else => return,
                 };
-                let mut size = first.texts.len();
                 let mut batch = vec![first];
+                let size = |batch: &[Request]| batch.iter().map(|r| r.texts.len()).sum::<usize>();
                 let deadline = tokio::time::Instant::now() + policy.wait;
-                loop {
-                    while size < policy.max_batch {
-                        match live.try_recv().or_else(|_| background.try_recv()) {
-                            Ok(r) => {
-                                size += r.texts.len();
-                                batch.push(r);
-                            }
-                            Err(_) => break,
-                        }
-                    }
-                    if size >= policy.max_batch || policy.wait.is_zero() {
-                        break;
-                    }
-                    let more = tokio::select! {
-                        biased;
-                        Some(r) = live.recv() => Some(r),
-                        Some(r) = background.recv() => Some(r),
-                        () = tokio::time::sleep_until(deadline) => None,
+                // What is waiting now joins; then, below the limit, what comes within the wait.
+                while size(&batch) < policy.max_batch {
+                    let next = match live.try_recv().or_else(|_| background.try_recv()) {
+                        Ok(r) => Some(r),
+                        Err(_) if policy.wait.is_zero() => None,
+                        Err(_) => tokio::select! {
+                            biased;
+                            Some(r) = live.recv() => Some(r),
+                            Some(r) = background.recv() => Some(r),
+                            () = tokio::time::sleep_until(deadline) => None,
+                        },
                     };
-                    match more {
-                        Some(r) => {
-                            size += r.texts.len();
-                            batch.push(r);
-                        }
+                    match next {
+                        Some(r) => batch.push(r),
                         None => break,
                     }
                 }
+                let size = size(&batch);
                 counted.inferences.fetch_add(1, Ordering::Relaxed);
                 counted.sentences.fetch_add(size as u64, Ordering::Relaxed);
                 metrics::histogram!("whisper_embedder_batch_sentences").record(size as f64);

@@ -306,6 +306,20 @@ impl LocalEmbedder {
         self.stats.size.set(threads as u64);
     }
 
+    /// Counts a request in the pool's queue depth while it waits, and its failure.
+    async fn counted(
+        &self,
+        request: impl std::future::Future<Output = Result<Vec<Embedding>, EmbedError>>,
+    ) -> Result<Vec<Embedding>, EmbedError> {
+        self.stats.queue_depth.inc();
+        let result = request.await;
+        self.stats.queue_depth.dec();
+        if result.is_err() {
+            self.stats.errors.inc();
+        }
+        result
+    }
+
     /// Inferences run and sentences embedded so far.
     pub fn batch_counts(&self) -> Arc<BatchCounts> {
         self.batcher.counts.clone()
@@ -328,23 +342,11 @@ impl LocalEmbedder {
 #[async_trait]
 impl Embedder for LocalEmbedder {
     async fn embed(&self, texts: Vec<String>) -> Result<Vec<Embedding>, EmbedError> {
-        self.stats.queue_depth.inc();
-        let result = self.batcher.live(texts).await;
-        self.stats.queue_depth.dec();
-        if result.is_err() {
-            self.stats.errors.inc();
-        }
-        result
+        self.counted(self.batcher.live(texts)).await
     }
 
     async fn embed_background(&self, texts: Vec<String>) -> Result<Vec<Embedding>, EmbedError> {
-        self.stats.queue_depth.inc();
-        let result = self.batcher.background(texts).await;
-        self.stats.queue_depth.dec();
-        if result.is_err() {
-            self.stats.errors.inc();
-        }
-        result
+        self.counted(self.batcher.background(texts)).await
     }
 
     fn dimensions(&self) -> usize {

@@ -85,13 +85,7 @@ async fn a_partition_has_one_consumer_and_fails_over_in_order() {
 #[tokio::test(flavor = "multi_thread")]
 async fn membership_follows_who_is_alive() {
     let prefix = RedisPrefix::new();
-    let pool = whisperengine::store::redis::jobs::pool(
-        "redis://127.0.0.1:6379",
-        2,
-        Duration::from_secs(5),
-    )
-    .await
-    .expect("Redis on 127.0.0.1:6379");
+    let pool = redis_pool().await;
     let ttl = Duration::from_millis(400);
     let a = Membership::new(pool.clone(), &prefix.0, "worker-a", ttl);
     let b = Membership::new(pool.clone(), &prefix.0, "worker-b", ttl);
@@ -117,13 +111,7 @@ async fn membership_follows_who_is_alive() {
 fn cluster_mode_refuses_an_embedded_store() {
     // SAFETY of set_var: nextest runs each test in its own process.
     unsafe { std::env::set_var("WHISPER__CLUSTER__ROLE", "worker") };
-    let error = whisperengine::config::load(&whisperengine::config::Overrides {
-        config_file: None,
-        data_dir: None,
-        ignore_environment: false,
-    })
-    .err()
-    .expect("refused");
+    let error = load_from_env().err().expect("refused");
     let text = error.to_string();
     assert!(text.contains("storage.history"), "{text}");
     assert!(text.contains("server store"), "{text}");
@@ -149,17 +137,32 @@ fn work(m: &whisperengine::cluster::wire::Inbound) -> Vec<u8> {
     serde_json::to_vec(&whisperengine::cluster::wire::Work::Message(m.clone())).unwrap()
 }
 
-/// A worker app on the server stores this machine runs (cluster mode refuses embedded ones).
-async fn worker_app(
+/// The configuration as loaded from the defaults and `WHISPER__*` variables.
+fn load_from_env() -> Result<whisperengine::config::Loaded, whisperengine::config::ConfigError> {
+    whisperengine::config::load(&whisperengine::config::Overrides {
+        config_file: None,
+        data_dir: None,
+        ignore_environment: false,
+    })
+}
+
+async fn redis_pool() -> deadpool_redis::Pool {
+    whisperengine::store::redis::jobs::pool("redis://127.0.0.1:6379", 2, Duration::from_secs(5))
+        .await
+        .expect("Redis on 127.0.0.1:6379")
+}
+
+/// Settings on the server stores this machine runs (cluster mode refuses embedded ones), no
+/// embeddings and no fact extraction.
+fn server_settings(
+    dir: &std::path::Path,
     postgres: &crate::support::pgvector::PgVector,
     llm: &crate::support::openai_server::ScriptedLlm,
     redis_prefix: &str,
     graph: &crate::support::arcadedb::ArcadeDb,
-) -> (whisperengine::app::App, tempfile::TempDir) {
-    use whisperengine::config::{ClusterRole, HistoryBackend, JobsBackend, MemoryBackend};
-    let dir = tempfile::tempdir().unwrap();
-    let mut s = crate::support::app::settings(dir.path(), &llm.base_url());
-    s.cluster.role = ClusterRole::Worker;
+) -> whisperengine::config::Settings {
+    use whisperengine::config::{HistoryBackend, JobsBackend, MemoryBackend};
+    let mut s = crate::support::app::settings(dir, &llm.base_url());
     s.embedding.enabled = false;
     s.facts.extract = false;
     s.storage.history = HistoryBackend::Postgres;
@@ -168,6 +171,19 @@ async fn worker_app(
     s.storage.jobs = JobsBackend::Redis;
     s.storage.redis_prefix = redis_prefix.to_owned();
     graph.configure(&mut s);
+    s
+}
+
+/// A worker app on the server stores this machine runs (cluster mode refuses embedded ones).
+async fn worker_app(
+    postgres: &crate::support::pgvector::PgVector,
+    llm: &crate::support::openai_server::ScriptedLlm,
+    redis_prefix: &str,
+    graph: &crate::support::arcadedb::ArcadeDb,
+) -> (whisperengine::app::App, tempfile::TempDir) {
+    let dir = tempfile::tempdir().unwrap();
+    let mut s = server_settings(dir.path(), postgres, llm, redis_prefix, graph);
+    s.cluster.role = whisperengine::config::ClusterRole::Worker;
     let app = crate::support::app::start(s, crate::support::app::extras(vec![])).await;
     (app, dir)
 }
@@ -187,13 +203,7 @@ fn workers_share_partitions_and_hand_them_over_in_order() {
         let graph = crate::support::arcadedb::ArcadeDb::start().await;
         let redis = RedisPrefix::new();
         let prefix = prefix();
-        let pool = whisperengine::store::redis::jobs::pool(
-            "redis://127.0.0.1:6379",
-            2,
-            Duration::from_secs(5),
-        )
-        .await
-        .unwrap();
+        let pool = redis_pool().await;
         let mut cluster =
             crate::support::app::settings(std::path::Path::new("/tmp"), "http://x").cluster;
         cluster.partitions = 8;
@@ -385,13 +395,7 @@ impl DiscordRig {
         let mut cluster =
             crate::support::app::settings(std::path::Path::new("/tmp"), "http://x").cluster;
         cluster.partitions = 4;
-        let pool = whisperengine::store::redis::jobs::pool(
-            "redis://127.0.0.1:6379",
-            2,
-            Duration::from_secs(5),
-        )
-        .await
-        .unwrap();
+        let pool = redis_pool().await;
         let worker = whisperengine::cluster::worker::start(
             runtime(&worker_app),
             &cluster,
@@ -404,18 +408,10 @@ impl DiscordRig {
         .unwrap();
 
         let gateway_dir = tempfile::tempdir().unwrap();
-        let mut s = crate::support::app::settings(gateway_dir.path(), &llm.base_url());
+        let mut s = server_settings(gateway_dir.path(), &postgres, &llm, &redis.0, &graph);
         s.cluster = cluster.clone();
         s.cluster.role = whisperengine::config::ClusterRole::Gateway;
         s.cluster.node_id = "gw1".into();
-        s.embedding.enabled = false;
-        s.facts.extract = false;
-        s.storage.history = whisperengine::config::HistoryBackend::Postgres;
-        s.storage.memory = whisperengine::config::MemoryBackend::Postgres;
-        s.storage.postgres_url = postgres.url("whisper").into();
-        s.storage.jobs = whisperengine::config::JobsBackend::Redis;
-        s.storage.redis_prefix = redis.0.clone();
-        graph.configure(&mut s);
         s.discord.api_url = emu.url();
         s.discord.ratelimiter = false;
         s.discord.shard_total = configured;
@@ -630,13 +626,7 @@ fn shard_ranges_are_checked() {
     ] {
         // SAFETY of set_var: nextest runs each test in its own process.
         unsafe { std::env::set_var(key, value) };
-        let error = whisperengine::config::load(&whisperengine::config::Overrides {
-            config_file: None,
-            data_dir: None,
-            ignore_environment: false,
-        })
-        .err()
-        .expect("refused");
+        let error = load_from_env().err().expect("refused");
         assert!(error.to_string().contains(named), "{error}");
         unsafe { std::env::remove_var(key) };
     }
@@ -645,21 +635,10 @@ fn shard_ranges_are_checked() {
         std::env::set_var("WHISPER__DISCORD__SHARD_FIRST", "2");
         std::env::set_var("WHISPER__DISCORD__SHARD_LAST", "4");
     }
-    let error = whisperengine::config::load(&whisperengine::config::Overrides {
-        config_file: None,
-        data_dir: None,
-        ignore_environment: false,
-    })
-    .err()
-    .expect("refused");
+    let error = load_from_env().err().expect("refused");
     assert!(error.to_string().contains("discord.shard_last"), "{error}");
     unsafe { std::env::set_var("WHISPER__DISCORD__SHARD_LAST", "3") };
-    let loaded = whisperengine::config::load(&whisperengine::config::Overrides {
-        config_file: None,
-        data_dir: None,
-        ignore_environment: false,
-    })
-    .expect("a range inside the total loads");
+    let loaded = load_from_env().expect("a range inside the total loads");
     assert_eq!(
         loaded.settings.discord.shard_total,
         whisperengine::config::AutoCount::Fixed(4)
@@ -681,13 +660,7 @@ fn a_redelivered_message_is_stored_once() {
         let mut cluster =
             crate::support::app::settings(std::path::Path::new("/tmp"), "http://x").cluster;
         cluster.partitions = 2;
-        let pool = whisperengine::store::redis::jobs::pool(
-            "redis://127.0.0.1:6379",
-            2,
-            Duration::from_secs(5),
-        )
-        .await
-        .unwrap();
+        let pool = redis_pool().await;
         let worker = whisperengine::cluster::worker::start(
             runtime(&app),
             &cluster,

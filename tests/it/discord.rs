@@ -1141,3 +1141,37 @@ fn a_reload_applies_access_lists_without_reconnecting() {
         rig.stop().await;
     });
 }
+
+/// serenity runs each gateway event's handler in a task of its own; a burst of one user's
+/// messages still reaches the conversation (and the model) in the order Discord sent them.
+#[test]
+fn a_burst_from_one_user_keeps_its_order() {
+    run_actix(|| async {
+        let rig = Rig::start(&["aria"], |_| {}).await;
+        let texts: Vec<String> = (0..30).map(|k| format!("burst message {k}")).collect();
+        for text in &texts {
+            rig.emu.post(Incoming {
+                author: USER,
+                channel: 702,
+                content: text.clone(),
+                ..Default::default()
+            });
+        }
+        let asked = || -> Vec<String> {
+            rig.llm
+                .requests()
+                .iter()
+                .map(|r| r.last_user_message())
+                .filter(|m| m.starts_with("burst message"))
+                .collect()
+        };
+        for _ in 0..1200 {
+            if asked().len() >= texts.len() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+        assert_eq!(asked(), texts, "the model saw the burst in Discord's order");
+        rig.stop().await;
+    });
+}
