@@ -87,6 +87,7 @@ fn message(
         received_at: Instant::now(),
         reply_to: sink.clone(),
         settled: None,
+        images: Vec::new(),
     }
 }
 

@@ -14,4 +14,6 @@ pub mod secret;
 pub mod status;
 pub mod store;
 pub mod telemetry;
+pub mod tls;
 pub mod transport;
+pub mod vision;

@@ -82,9 +82,7 @@ enum ConfigCommand {
 
 fn main() -> ExitCode {
     whisperengine::heap::tune();
-    // Both rustls crypto backends are in the dependency tree; choose one for the whole process
-    // before any TLS client (Discord's gateway, hosted LLM endpoints) is built.
-    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
+    whisperengine::tls::install_provider();
     let cli = Cli::parse();
     match run(cli) {
         Ok(code) => code,

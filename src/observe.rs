@@ -87,6 +87,7 @@ impl Endpoint {
             address: address.to_owned(),
             source,
         })?;
+        crate::tls::install_provider();
         let observed = Observed {
             stats,
             data,

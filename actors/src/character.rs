@@ -17,6 +17,10 @@ pub struct ModelParams {
     pub frequency_penalty: Option<f32>,
     pub presence_penalty: Option<f32>,
     pub max_tokens: u32,
+    /// Whether the model reads images; `None` follows `llm.vision`. Decided by the transport,
+    /// which only downloads images for a model that reads them.
+    #[serde(default)]
+    pub vision: Option<bool>,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]

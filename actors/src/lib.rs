@@ -34,6 +34,6 @@ pub mod vector;
 
 pub use character::{Character, CharacterSet, ModelParams};
 pub use key::{ConversationKey, Scope};
-pub use messages::{ReplyStatus, ReplyUpdate, Timings, UserMessage};
+pub use messages::{Image, ReplyStatus, ReplyUpdate, Timings, UserMessage};
 pub use routing::router::{RouteError, ShardRouter};
 pub use runtime::{Runtime, RuntimeParts, RuntimeSettings};

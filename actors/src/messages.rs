@@ -28,6 +28,39 @@ pub struct UserMessage {
     /// Told when the turn is over (see [`TurnSettled`]); `None` for transports that only need
     /// the reply.
     pub settled: Option<Recipient<TurnSettled>>,
+    /// Images for a model that reads them (the transport checked and bounded them); empty for
+    /// a model without vision.
+    pub images: Vec<Image>,
+}
+
+/// An image in a user's message, as the model receives it: a MIME type the model accepts and
+/// the bytes in base64. Cheap to clone (a turn's request is rebuilt each tool round, and the
+/// description job takes its own copy), and its `Debug` never prints the bytes: they are the
+/// user's content.
+#[derive(Clone, PartialEq, Eq, Serialize, serde::Deserialize)]
+pub struct Image {
+    /// `image/png`, `image/jpeg`, `image/webp` or `image/gif`.
+    pub mime: String,
+    pub base64: std::sync::Arc<str>,
+}
+
+impl Image {
+    /// The OpenAI-style `image_url` value: the image inline, so the endpoint needs no access
+    /// to Discord.
+    pub fn data_url(&self) -> String {
+        format!("data:{};base64,{}", self.mime, self.base64)
+    }
+}
+
+impl std::fmt::Debug for Image {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "Image({}, {} base64 bytes)",
+            self.mime,
+            self.base64.len()
+        )
+    }
 }
 
 /// A message's turn is over: its final reply was sent, and the turn is stored (or it failed,

@@ -90,6 +90,9 @@ pub struct ChatMessage {
     /// Which call a `Role::Tool` message answers.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tool_call_id: Option<String>,
+    /// Images sent with a user message, after its text (vision models only).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub images: Vec<crate::messages::Image>,
 }
 
 impl ChatMessage {
@@ -99,6 +102,18 @@ impl ChatMessage {
             content: content.into(),
             tool_calls: Vec::new(),
             tool_call_id: None,
+            images: Vec::new(),
+        }
+    }
+
+    /// A user message with images: the model reads the text, then the images.
+    pub fn user_with_images(
+        content: impl Into<String>,
+        images: Vec<crate::messages::Image>,
+    ) -> Self {
+        Self {
+            images,
+            ..Self::new(Role::User, content)
         }
     }
 

@@ -25,7 +25,8 @@ use crate::jobs::{JobHandler, JobQueue, JobSettings, JobSystem, JobWorker};
 use crate::live::Live;
 use crate::llm::{LlmActor, LlmPolicy};
 use crate::memory::{
-    MemoryProvider, MemorySettings, MemoryStore, RememberTurnHandler, SummariseHandler,
+    DescribeImageHandler, MemoryProvider, MemorySettings, MemoryStore, RememberTurnHandler,
+    SummariseHandler,
 };
 use crate::pool::Pool;
 use crate::ports::{ChatModel, Embedder, HistoryStore};
@@ -45,6 +46,8 @@ pub struct RuntimeSettings {
     pub max_conversations_per_shard: usize,
     pub edit_interval: Duration,
     pub token_budget: usize,
+    /// What one image costs in the prompt budget (`context.image_tokens`).
+    pub image_tokens: usize,
     pub history_turns: usize,
     pub history_deadline: Duration,
     pub profile_deadline: Duration,
@@ -313,6 +316,11 @@ impl Runtime {
                 }));
             }
             if let (Some(store), Some(embedder)) = (&memory, &parts.embedder) {
+                handlers.push(Arc::new(DescribeImageHandler {
+                    store: store.clone(),
+                    embedder: embedder.clone(),
+                    llm: llm.clone(),
+                }));
                 handlers.push(Arc::new(SummariseHandler {
                     history: parts.history.clone(),
                     store: store.clone(),
@@ -641,6 +649,7 @@ fn conversation_settings(settings: &RuntimeSettings) -> ConversationSettings {
     ConversationSettings {
         edit_interval: settings.edit_interval,
         token_budget: settings.token_budget,
+        image_tokens: settings.image_tokens,
         history_turns: settings.history_turns,
         restart: settings.restart.clone(),
         memory_chunk_words: settings.memory.chunk_words,

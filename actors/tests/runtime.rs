@@ -29,6 +29,7 @@ fn settings(shards: u32) -> RuntimeSettings {
         max_conversations_per_shard: 100,
         edit_interval: ms(50),
         token_budget: 2000,
+        image_tokens: 800,
         history_turns: 10,
         history_deadline: ms(500),
         profile_deadline: ms(500),
@@ -107,6 +108,7 @@ fn runtime_with(
         frequency_penalty: None,
         presence_penalty: None,
         max_tokens: 64,
+        vision: None,
     };
     let aria = Character {
         id: "aria".into(),
@@ -168,6 +170,7 @@ impl User {
                 received_at: Instant::now(),
                 reply_to: self.sink.clone(),
                 settled: None,
+                images: Vec::new(),
             })
             .expect("routed");
         loop {
@@ -292,6 +295,7 @@ async fn resharding_under_load_keeps_every_promise() {
                 received_at: Instant::now(),
                 reply_to: sink.clone(),
                 settled: None,
+                images: Vec::new(),
             })
             .expect("routed")
     };

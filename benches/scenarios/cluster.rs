@@ -67,6 +67,7 @@ impl Driver {
             text: format!("message number {n}, how are you today?"),
             message_id: user * 1_000_000 + n,
             reply_to: self.replies.clone(),
+            images: Vec::new(),
         };
         let broker = self.broker.clone();
         let partition = partition_of(&inbound.user, PARTITIONS);

@@ -47,6 +47,7 @@ pub fn run() {
                         received_at: Instant::now(),
                         reply_to: sink.clone(),
                         settled: None,
+                        images: Vec::new(),
                     })
                     .unwrap();
                 sent += 1;

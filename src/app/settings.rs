@@ -27,6 +27,7 @@ impl Settings {
             max_conversations_per_shard: self.runtime.max_conversations_per_shard,
             edit_interval: self.streaming.edit_interval,
             token_budget: self.context.token_budget,
+            image_tokens: self.context.image_tokens,
             history_turns: self.context.history_turns,
             history_deadline: self.context.history_deadline,
             profile_deadline: self.context.profile_deadline,

@@ -109,6 +109,7 @@ impl Gateway {
             text: msg.text.clone(),
             message_id: msg.message_id,
             reply_to: self.reply_queue(&msg.key.character, shard),
+            images: msg.images.clone(),
         };
         let user = inbound.user.clone();
         self.publish_work(&user, &Work::Message(inbound)).await

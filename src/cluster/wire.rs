@@ -26,6 +26,9 @@ pub struct Inbound {
     pub message_id: u64,
     /// The queue the replies go to (the gateway owning the channel's Discord shard).
     pub reply_to: String,
+    /// Images for a vision model, inline (a worker cannot reach the gateway's downloads).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub images: Vec<whisper_actors::Image>,
 }
 
 /// "Forget me" for a user, answered with a [`ToGateway::Forgotten`] carrying `request`.

@@ -432,6 +432,7 @@ impl Partition {
             received_at: Instant::now(),
             reply_to: sink.clone().recipient(),
             settled: Some(sink.clone().recipient()),
+            images: inbound.images.clone(),
         });
         match routed {
             Ok(()) => {

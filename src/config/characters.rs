@@ -27,6 +27,8 @@ struct ModelFile {
     frequency_penalty: Option<f32>,
     presence_penalty: Option<f32>,
     max_tokens: u32,
+    /// The model reads images; absent: `llm.vision`.
+    vision: Option<bool>,
 }
 
 impl ModelFile {
@@ -72,6 +74,7 @@ impl ModelFile {
             frequency_penalty: self.frequency_penalty,
             presence_penalty: self.presence_penalty,
             max_tokens: self.max_tokens,
+            vision: self.vision,
         })
     }
 }

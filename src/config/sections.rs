@@ -65,6 +65,8 @@ pub struct LlmSection {
     pub retry_backoff: Duration,
     #[serde(with = "humantime_serde")]
     pub retry_backoff_max: Duration,
+    /// The model reads images (a character's `[model] vision` overrides it).
+    pub vision: bool,
     pub local: LocalLlmSection,
 }
 
@@ -84,6 +86,7 @@ pub struct LocalLlmSection {
 pub struct ContextSection {
     pub history_turns: usize,
     pub token_budget: usize,
+    pub image_tokens: usize,
     #[serde(with = "humantime_serde")]
     pub history_deadline: Duration,
     #[serde(with = "humantime_serde")]
@@ -205,6 +208,13 @@ pub struct DiscordSection {
     pub blocked_roles: Vec<u64>,
     pub admins: Vec<u64>,
     pub max_attachment_bytes: u64,
+    /// Images per message sent to a vision model; more are skipped with a note.
+    pub max_images: usize,
+    /// Largest image sent to a vision model, in bytes.
+    pub max_image_bytes: u64,
+    /// Deadline for downloading one image.
+    #[serde(with = "humantime_serde")]
+    pub image_timeout: Duration,
     /// Writes (sends and edits) allowed per channel in any `channel_window`.
     pub channel_writes: usize,
     #[serde(with = "humantime_serde")]

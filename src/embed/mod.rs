@@ -95,7 +95,7 @@ fn load_files(cfg: &EmbeddingSection) -> Result<ModelFiles, EmbedSetupError> {
     });
     init_runtime(&runtime)?;
     let dir = resolve(&cfg.model_dir, || {
-        cache_dir().join("models/all-minilm-l6-v2")
+        cache_dir().join("models/all-minilm-l6-v2-q8")
     });
     Ok(ModelFiles {
         onnx_len: std::fs::metadata(dir.join("model.onnx"))

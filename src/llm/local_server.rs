@@ -173,6 +173,7 @@ fn spawn(launch: &Launch) -> Result<Child, LocalServerError> {
 async fn spawn_healthy(launch: &Launch) -> Result<Child, LocalServerError> {
     let mut child = spawn(launch)?;
     let health = format!("http://127.0.0.1:{}/health", launch.port);
+    crate::tls::install_provider();
     let http = reqwest::Client::builder()
         .timeout(Duration::from_secs(2))
         .build()

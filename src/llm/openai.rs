@@ -10,10 +10,13 @@ use async_openai::middleware::ReqwestService;
 use async_openai::types::chat::{
     ChatCompletionMessageToolCall, ChatCompletionMessageToolCallChunk,
     ChatCompletionMessageToolCalls, ChatCompletionRequestAssistantMessage,
-    ChatCompletionRequestMessage, ChatCompletionRequestSystemMessage,
-    ChatCompletionRequestToolMessage, ChatCompletionRequestUserMessage, ChatCompletionTool,
-    ChatCompletionToolChoiceOption, ChatCompletionTools, CreateChatCompletionRequest, FunctionCall,
-    FunctionObject, ResponseFormat, ResponseFormatJsonSchema, ToolChoiceOptions,
+    ChatCompletionRequestMessage, ChatCompletionRequestMessageContentPartImage,
+    ChatCompletionRequestMessageContentPartText, ChatCompletionRequestSystemMessage,
+    ChatCompletionRequestToolMessage, ChatCompletionRequestUserMessage,
+    ChatCompletionRequestUserMessageContent, ChatCompletionRequestUserMessageContentPart,
+    ChatCompletionTool, ChatCompletionToolChoiceOption, ChatCompletionTools,
+    CreateChatCompletionRequest, FunctionCall, FunctionObject, ImageUrl, ResponseFormat,
+    ResponseFormatJsonSchema, ToolChoiceOptions,
 };
 use async_trait::async_trait;
 use futures::StreamExt;
@@ -31,6 +34,7 @@ impl OpenAiChat {
     /// `base_url` includes the `/v1` suffix. Timeouts beyond connecting are the LlmActor's job
     /// (it knows whether a token has arrived), so the HTTP client only bounds the connect.
     pub fn new(base_url: &str, api_key: &str, default_model: &str) -> Result<Self, reqwest::Error> {
+        crate::tls::install_provider();
         let http = reqwest::Client::builder()
             .connect_timeout(Duration::from_secs(10))
             .tcp_nodelay(true)
@@ -108,8 +112,30 @@ fn to_message(m: ChatMessage) -> ChatCompletionRequestMessage {
         Role::System => ChatCompletionRequestMessage::System(
             ChatCompletionRequestSystemMessage::from(m.content),
         ),
-        Role::User => {
+        Role::User if m.images.is_empty() => {
             ChatCompletionRequestMessage::User(ChatCompletionRequestUserMessage::from(m.content))
+        }
+        // OpenAI's vision format: the text part, then one `image_url` part per image, inline
+        // as a data URL (the endpoint cannot fetch from Discord, and should not).
+        Role::User => {
+            let mut parts = Vec::with_capacity(1 + m.images.len());
+            if !m.content.is_empty() {
+                parts.push(ChatCompletionRequestUserMessageContentPart::Text(
+                    ChatCompletionRequestMessageContentPartText::from(m.content),
+                ));
+            }
+            parts.extend(m.images.iter().map(|image| {
+                ChatCompletionRequestUserMessageContentPart::ImageUrl(
+                    ChatCompletionRequestMessageContentPartImage::from(ImageUrl {
+                        url: image.data_url(),
+                        detail: None,
+                    }),
+                )
+            }));
+            ChatCompletionRequestMessage::User(ChatCompletionRequestUserMessage {
+                content: ChatCompletionRequestUserMessageContent::Array(parts),
+                name: None,
+            })
         }
         Role::Assistant if m.tool_calls.is_empty() => ChatCompletionRequestMessage::Assistant(
             ChatCompletionRequestAssistantMessage::from(m.content),

@@ -92,6 +92,7 @@ pub async fn run(app: &App, options: ChatOptions) -> Result<(), ChatError> {
             received_at: Instant::now(),
             reply_to: sink.clone(),
             settled: None,
+            images: Vec::new(),
         })?;
         if options.interactive {
             print!("{character_name}> ");

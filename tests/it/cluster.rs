@@ -248,6 +248,7 @@ fn workers_share_partitions_and_hand_them_over_in_order() {
                         text: format!("message {next_id}"),
                         message_id: next_id,
                         reply_to: replies.clone(),
+                        images: Vec::new(),
                     });
                 }
             }
@@ -686,6 +687,7 @@ fn a_redelivered_message_is_stored_once() {
             text: "remember this once".into(),
             message_id: 1_190_000_000_000_000_777,
             reply_to: replies.clone(),
+            images: Vec::new(),
         };
         let partition = whisperengine::cluster::partition::partition_of(&message.user, 2);
         for _ in 0..2 {

@@ -512,6 +512,7 @@ async fn a_hung_worker_exits_and_its_standby_answers() {
         text: "are you there?".into(),
         message_id: 77,
         reply_to: replies.clone(),
+        images: Vec::new(),
     };
     broker
         .publish(

@@ -1175,3 +1175,5 @@ fn a_burst_from_one_user_keeps_its_order() {
         rig.stop().await;
     });
 }
+
+mod vision;

@@ -201,6 +201,7 @@ fn an_edited_persona_reaches_the_next_prompt() {
             received_at: Instant::now(),
             reply_to: ChannelSink::start().0,
             settled: None,
+            images: Vec::new(),
         });
         assert!(refused.is_err(), "{refused:?}");
         app.shutdown().await;
@@ -251,6 +252,7 @@ fn reloads_under_load_lose_nothing_and_keep_order() {
                         received_at: Instant::now(),
                         reply_to: sink.clone(),
                         settled: None,
+                        images: Vec::new(),
                     })
                     .unwrap();
             }

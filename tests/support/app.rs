@@ -109,6 +109,7 @@ impl Client {
                 received_at: Instant::now(),
                 reply_to: self.sink.clone(),
                 settled: None,
+                images: Vec::new(),
             })
             .expect("routed");
         self.next_id

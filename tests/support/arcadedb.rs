@@ -100,6 +100,7 @@ impl ArcadeDb {
             _root: root,
         };
         // The Bolt port opens before the database exists: wait until the HTTP API lists it.
+        whisperengine::tls::install_provider();
         let client = reqwest::Client::new();
         let started = Instant::now();
         while started.elapsed() < Duration::from_secs(60) {

@@ -116,7 +116,11 @@ struct Shared {
     invalid_shards: AtomicU64,
     resumes: AtomicU64,
     next_id: AtomicU64,
-    attachments: Mutex<HashMap<String, String>>,
+    attachments: Mutex<HashMap<String, Vec<u8>>>,
+    /// Attachments whose download fails (500), by file name.
+    broken_attachments: Mutex<HashSet<String>>,
+    /// Attachment downloads served, by file name.
+    attachment_downloads: Mutex<Vec<String>>,
     /// Slash commands registered (as sent), per application id.
     commands: Mutex<HashMap<u64, Vec<Value>>>,
     /// Bots' messages by (bot id, nonce), for `enforce_nonce` (Discord keeps them a few
@@ -149,7 +153,7 @@ pub struct Incoming {
     /// (message id, author id, content) of the message this one replies to.
     pub reply_to: Option<(u64, u64, String)>,
     /// (file name, content type, body) served at the emulator.
-    pub attachments: Vec<(String, String, String)>,
+    pub attachments: Vec<(String, String, Vec<u8>)>,
 }
 
 impl DiscordEmulator {
@@ -205,6 +209,20 @@ impl DiscordEmulator {
             },
         );
         id
+    }
+
+    /// Downloads of `name` fail with a 500 from now on.
+    pub fn break_attachment(&self, name: &str) {
+        self.shared
+            .broken_attachments
+            .lock()
+            .unwrap()
+            .insert(name.to_owned());
+    }
+
+    /// Attachment downloads served so far, by file name, in order.
+    pub fn attachment_downloads(&self) -> Vec<String> {
+        self.shared.attachment_downloads.lock().unwrap().clone()
     }
 
     pub fn calls(&self) -> Vec<Call> {
@@ -951,6 +969,14 @@ async fn typing(
 }
 
 async fn attachment(State(shared): State<Arc<Shared>>, Path(name): Path<String>) -> Response {
+    shared
+        .attachment_downloads
+        .lock()
+        .unwrap()
+        .push(name.clone());
+    if shared.broken_attachments.lock().unwrap().contains(&name) {
+        return StatusCode::INTERNAL_SERVER_ERROR.into_response();
+    }
     match shared.attachments.lock().unwrap().get(&name) {
         Some(body) => body.clone().into_response(),
         None => StatusCode::NOT_FOUND.into_response(),

@@ -109,20 +109,57 @@ impl Recorded {
             .unwrap_or_default()
     }
 
-    /// All message contents of the request, in order.
+    /// All message contents of the request, in order (a message in parts: its text parts).
     pub fn contents(&self) -> Vec<String> {
         self.body["messages"]
             .as_array()
-            .map(|m| {
-                m.iter()
-                    .map(|m| m["content"].as_str().unwrap_or_default().to_owned())
+            .map(|m| m.iter().map(|m| text_of(&m["content"])).collect())
+            .unwrap_or_default()
+    }
+
+    /// The `image_url` parts of the last message, as `(url, part)` in order.
+    pub fn last_message_images(&self) -> Vec<String> {
+        let Some(last) = self.body["messages"].as_array().and_then(|m| m.last()) else {
+            return Vec::new();
+        };
+        last["content"]
+            .as_array()
+            .map(|parts| {
+                parts
+                    .iter()
+                    .filter(|p| p["type"] == "image_url")
+                    .map(|p| {
+                        p["image_url"]["url"]
+                            .as_str()
+                            .unwrap_or_default()
+                            .to_owned()
+                    })
                     .collect()
             })
             .unwrap_or_default()
     }
 
+    /// Every `image_url` part anywhere in the request.
+    pub fn image_count(&self) -> usize {
+        self.body.to_string().matches("\"image_url\"").count() / 2
+    }
+
     pub fn last_user_message(&self) -> String {
         self.contents().last().cloned().unwrap_or_default()
+    }
+}
+
+/// A message's content as text: the string, or its text parts joined.
+fn text_of(content: &Value) -> String {
+    match content {
+        Value::String(s) => s.clone(),
+        Value::Array(parts) => parts
+            .iter()
+            .filter(|p| p["type"] == "text")
+            .filter_map(|p| p["text"].as_str())
+            .collect::<Vec<_>>()
+            .join("\n"),
+        _ => String::new(),
     }
 }
 
@@ -139,6 +176,9 @@ struct Shared {
     requests: Mutex<Vec<Recorded>>,
     fact_requests: Mutex<Vec<Recorded>>,
     summary_requests: Mutex<Vec<Recorded>>,
+    describe_requests: Mutex<Vec<Recorded>>,
+    /// The answer to an image-description request.
+    description: Mutex<Option<String>>,
     facts: Mutex<std::collections::HashMap<String, FactsAnswer>>,
     echo_delay: Mutex<Duration>,
 }
@@ -188,6 +228,16 @@ impl ScriptedLlm {
     /// Summary requests; each is answered "Summary: " plus the transcript's first user line.
     pub fn summary_requests(&self) -> Vec<Recorded> {
         self.shared.summary_requests.lock().unwrap().clone()
+    }
+
+    /// Image-description requests (the background job's), kept apart from chat requests.
+    pub fn describe_requests(&self) -> Vec<Recorded> {
+        self.shared.describe_requests.lock().unwrap().clone()
+    }
+
+    /// How image-description requests are answered (default: "an image").
+    pub fn describe_images_as(&self, description: &str) {
+        *self.shared.description.lock().unwrap() = Some(description.to_owned());
     }
 
     pub fn fact_requests(&self) -> Vec<Recorded> {
@@ -263,6 +313,20 @@ async fn completions(State(shared): State<Arc<Shared>>, body: String) -> Respons
             Duration::ZERO,
             Duration::ZERO,
         );
+    }
+    if recorded
+        .contents()
+        .first()
+        .is_some_and(|s| s.starts_with("Describe the image the user shared"))
+    {
+        let answer = shared
+            .description
+            .lock()
+            .unwrap()
+            .clone()
+            .unwrap_or_else(|| "an image".to_owned());
+        shared.describe_requests.lock().unwrap().push(recorded);
+        return stream_response(vec![answer], Duration::ZERO, Duration::ZERO);
     }
     let next = shared.script.lock().unwrap().pop_front();
     let behavior = next.unwrap_or_else(|| {

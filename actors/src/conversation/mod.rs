@@ -47,6 +47,7 @@ pub(crate) const ESCALATED_APOLOGY: &str =
 pub struct ConversationSettings {
     pub edit_interval: Duration,
     pub token_budget: usize,
+    pub image_tokens: usize,
     /// Turns kept in the warm cache and read from the store on a cold start.
     pub history_turns: usize,
     pub restart: RestartPolicy,

@@ -49,6 +49,11 @@ pub struct PromptInput<'a> {
     pub sections: &'a [Section],
     pub history: &'a [Turn],
     pub message: &'a str,
+    /// Images sent with the message (vision models only).
+    pub images: &'a [crate::messages::Image],
+    /// What one image costs in the budget: endpoints bill an image as a fixed number of tokens
+    /// that the text estimate cannot see.
+    pub image_tokens: usize,
     /// Token budget for the whole prompt, excluding the reply's `max_tokens`.
     pub token_budget: usize,
     /// Unix ms now, to describe the profile in relative terms.
@@ -76,7 +81,9 @@ pub fn build(input: PromptInput<'_>) -> BuiltPrompt {
     }
     let message = minify(input.message);
 
-    let fixed = estimate_tokens(&system) + estimate_tokens(&message);
+    let fixed = estimate_tokens(&system)
+        + estimate_tokens(&message)
+        + input.images.len() * input.image_tokens;
     let mut remaining = input.token_budget.saturating_sub(fixed);
     // Walk back from the newest turn and keep turns while they fit.
     let mut kept = Vec::new();
@@ -98,7 +105,10 @@ pub fn build(input: PromptInput<'_>) -> BuiltPrompt {
         messages.push(ChatMessage::new(Role::User, user));
         messages.push(ChatMessage::new(Role::Assistant, reply));
     }
-    messages.push(ChatMessage::new(Role::User, message));
+    messages.push(ChatMessage::user_with_images(
+        message,
+        input.images.to_vec(),
+    ));
 
     BuiltPrompt {
         request: ChatRequest {
@@ -114,7 +124,7 @@ pub fn build(input: PromptInput<'_>) -> BuiltPrompt {
             response_schema: None,
         },
         history_turns_used,
-        estimated_tokens: input.token_budget - remaining,
+        estimated_tokens: input.token_budget.saturating_sub(remaining),
     }
 }
 
@@ -167,6 +177,7 @@ mod tests {
                 frequency_penalty: None,
                 presence_penalty: None,
                 max_tokens: 64,
+                vision: None,
             },
             fast_model: None,
         }
@@ -205,6 +216,8 @@ mod tests {
             sections: &[],
             history: &history,
             message: "hello",
+            images: &[],
+            image_tokens: 0,
             token_budget: 200,
             now_ms: 0,
         });
@@ -247,6 +260,8 @@ mod tests {
             sections: &sections,
             history: &[],
             message: "hi",
+            images: &[],
+            image_tokens: 0,
             token_budget: 1000,
             now_ms: 3 * 86_400_000,
         });
@@ -255,6 +270,69 @@ mod tests {
             system.contains("Name: Sam. First talked with you 3 days ago. Messages so far: 3.")
         );
         assert!(system.contains("## Memories\nlikes tea"));
+    }
+}
+
+#[cfg(test)]
+mod image_tests {
+    use super::*;
+    use crate::messages::Image;
+
+    #[test]
+    fn images_ride_on_the_new_message_and_cost_their_tokens() {
+        let c = Character {
+            id: "aria".into(),
+            name: "Aria".into(),
+            system_prompt: "You are Aria.".into(),
+            model: ModelParams {
+                model: None,
+                temperature: 0.7,
+                top_p: None,
+                frequency_penalty: None,
+                presence_penalty: None,
+                max_tokens: 64,
+                vision: Some(true),
+            },
+            fast_model: None,
+        };
+        let history: Vec<Turn> = (0..10)
+            .map(|i| Turn {
+                key: crate::key::ConversationKey::new("aria", "u"),
+                scope: crate::key::Scope::Console,
+                user_message: format!("question {i} {}", "x".repeat(80)),
+                reply: format!("answer {i} {}", "y".repeat(80)),
+                created_at_ms: 0,
+                replied_at_ms: 0,
+                message_id: None,
+            })
+            .collect();
+        let image = Image {
+            mime: "image/png".into(),
+            base64: "iVBORw0KGgo=".into(),
+        };
+        let build_with = |images: &[Image]| {
+            build(PromptInput {
+                character: &c,
+                params: &c.model,
+                profile: None,
+                sections: &[],
+                history: &history,
+                message: "what is this?",
+                images,
+                image_tokens: 200,
+                token_budget: 600,
+                now_ms: 0,
+            })
+        };
+        let without = build_with(&[]);
+        let with = build_with(std::slice::from_ref(&image));
+        // The image's 200 tokens push history out, not the budget up.
+        assert!(with.history_turns_used < without.history_turns_used);
+        assert!(with.estimated_tokens <= 600);
+        let last = with.request.messages.last().unwrap();
+        assert_eq!(last.content, "what is this?");
+        assert_eq!(last.images, vec![image]);
+        assert!(without.request.messages.iter().all(|m| m.images.is_empty()));
     }
 }
 

@@ -15,10 +15,17 @@ pub enum JobKind {
     Summarise,
     /// Ask the model for facts in a user's message.
     ExtractFacts,
+    /// Ask a vision model to describe an image the user sent, and remember the description.
+    DescribeImage,
 }
 
 impl JobKind {
-    pub const ALL: [JobKind; 3] = [Self::RememberTurn, Self::Summarise, Self::ExtractFacts];
+    pub const ALL: [JobKind; 4] = [
+        Self::RememberTurn,
+        Self::Summarise,
+        Self::ExtractFacts,
+        Self::DescribeImage,
+    ];
 
     /// The name stored in the queue (stable across versions: queued jobs survive upgrades).
     pub const fn as_str(self) -> &'static str {
@@ -26,6 +33,7 @@ impl JobKind {
             Self::RememberTurn => "remember_turn",
             Self::Summarise => "summarise",
             Self::ExtractFacts => "extract_facts",
+            Self::DescribeImage => "describe_image",
         }
     }
 

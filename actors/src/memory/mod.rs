@@ -5,6 +5,7 @@
 //! formatting here are shared so every backend recalls the same way.
 
 mod actor;
+mod describe;
 mod provider;
 mod recall;
 mod remember;
@@ -13,6 +14,7 @@ pub mod terms;
 
 pub use crate::text::chunk;
 pub use actor::{ForgetMemories, ListMemories, MemoryActor, MemoryPool, Recall, Remember};
+pub use describe::{DescribeImage, DescribeImageHandler, image_memory};
 pub use provider::{MemoryProvider, mark_corrected};
 pub use recall::{RankSettings, keyword_ranks, rank};
 pub use remember::{MemorySettings, RememberTurn, RememberTurnHandler, importance, remember_turn};

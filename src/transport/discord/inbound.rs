@@ -1,6 +1,7 @@
 //! The serenity event handler of one bot (one character): decides whether a message is for
 //! this bot, gathers what Discord adds to it (the replied-to message, the author's name, text
-//! attachments) and routes it through the ShardRouter like any other message.
+//! attachments, images for a model that reads them) and routes it through the ShardRouter like
+//! any other message.
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -13,7 +14,7 @@ use serenity::all::{
 use serenity::async_trait;
 use tracing::{debug, info, warn};
 use whisper_actors::messages::{FailureKind, ReplyStatus, ReplyUpdate};
-use whisper_actors::{ConversationKey, Scope, ShardRouter, UserMessage};
+use whisper_actors::{ConversationKey, Image, Scope, ShardRouter, UserMessage};
 
 use super::channel::{ChannelLog, Line};
 use super::outbound::{ChannelLimiter, DiscordActor, Register};
@@ -52,6 +53,11 @@ pub struct Bot {
     /// The guild channels' recent messages (channel context), when enabled.
     pub log: Option<Arc<ChannelLog>>,
     pub max_attachment_bytes: u64,
+    /// `llm.vision`: whether a character whose `[model]` does not say reads images.
+    pub vision_default: bool,
+    pub image_limits: super::images::ImageLimits,
+    /// The bot's HTTP client (the one serenity and the writer use), for attachment downloads.
+    pub http: reqwest012::Client,
 }
 
 /// The user key of a Discord user: the same person across every bot and guild.
@@ -180,8 +186,8 @@ impl EventHandler for Bot {
             debug!(character = %self.character, channel = %msg.channel_id, "not answering: the bot may not write in this channel");
             return;
         }
-        let (text, notice) = self.compose(&msg, me.get()).await;
-        if text.trim().is_empty() {
+        let (text, images, notice) = self.compose(&msg, me.get()).await;
+        if text.trim().is_empty() && images.is_empty() {
             return;
         }
         let scope = match msg.guild_id {
@@ -206,6 +212,7 @@ impl EventHandler for Bot {
             received_at: Instant::now(),
             reply_to: self.outbound.clone().recipient(),
             settled: None,
+            images,
         };
         place.wait_turn().await;
         if let Some(gateway) = &self.cluster {
@@ -245,8 +252,18 @@ impl EventHandler for Bot {
 }
 
 impl Bot {
-    /// The text the character sees, and a notice for attachments it could not read.
-    async fn compose(&self, msg: &Message, me: u64) -> (String, Option<String>) {
+    /// Whether this bot's character reads images (looked up per message: characters reload).
+    fn reads_images(&self) -> bool {
+        self.router
+            .characters()
+            .get(&self.character)
+            .and_then(|c| c.model.vision)
+            .unwrap_or(self.vision_default)
+    }
+
+    /// The text the character sees, the images it sees (vision models only), and a notice for
+    /// attachments it could not read.
+    async fn compose(&self, msg: &Message, me: u64) -> (String, Vec<Image>, Option<String>) {
         let mut text = msg
             .content
             .replace(&format!("<@{me}>"), "")
@@ -265,7 +282,18 @@ impl Bot {
             text = format!("(replying to {who}: \"{}\")\n{text}", replied.content);
         }
         let mut unread = Vec::new();
+        let vision = self.reads_images() && self.image_limits.max_images > 0;
+        let mut pictures = Vec::new();
         for attachment in &msg.attachments {
+            if vision
+                && crate::vision::looks_like_image(
+                    attachment.content_type.as_deref(),
+                    &attachment.filename,
+                )
+            {
+                pictures.push(attachment);
+                continue;
+            }
             let is_text = attachment
                 .content_type
                 .as_deref()
@@ -290,14 +318,36 @@ impl Bot {
                 }
             }
         }
-        let notice = (!unread.is_empty()).then(|| {
-            format!(
-                "-# I can only read text attachments up to {} KB; I couldn't open {}.",
+        let fetched = if pictures.is_empty() {
+            Default::default()
+        } else {
+            super::images::fetch(&self.http, &pictures, &self.image_limits).await
+        };
+        let mut notes: Vec<String> = Vec::new();
+        if !unread.is_empty() {
+            let readable = if vision {
+                "text attachments and images"
+            } else {
+                "text attachments"
+            };
+            notes.push(format!(
+                "-# I can only read {readable} up to {} KB; I couldn't open {}.",
                 self.max_attachment_bytes / 1024,
                 unread.join(", ")
-            )
-        });
-        (text, notice)
+            ));
+        }
+        notes.extend(fetched.note(&self.image_limits));
+        if text.trim().is_empty() && !pictures.is_empty() {
+            // Images alone: the history shows that something was sent (and a reply with the
+            // note answers even when none could be opened).
+            text = match fetched.images.len() {
+                0 => "(sent an image you could not open)".to_owned(),
+                1 => "(sent an image)".to_owned(),
+                n => format!("(sent {n} images)"),
+            };
+        }
+        let notice = (!notes.is_empty()).then(|| notes.join("\n"));
+        (text, fetched.images, notice)
     }
 }
 

@@ -11,6 +11,7 @@
 pub mod arrivals;
 pub mod channel;
 pub mod commands;
+pub mod images;
 pub mod inbound;
 pub mod limiter;
 pub mod outbound;
@@ -152,6 +153,13 @@ pub async fn start(app: &App, settings: &Settings) -> Result<DiscordBots, Discor
             limiter: limiter.clone(),
             log: app.channel_log(),
             max_attachment_bytes: section.max_attachment_bytes,
+            vision_default: settings.llm.vision,
+            image_limits: images::ImageLimits {
+                max_images: section.max_images,
+                max_bytes: section.max_image_bytes,
+                timeout: section.image_timeout,
+            },
+            http: client.clone(),
         };
         let data = commands::CommandData {
             character: character.clone(),

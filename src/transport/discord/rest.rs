@@ -62,6 +62,7 @@ pub struct Rest {
 /// The HTTP client serenity and the writer share (serenity's own default, built here so the
 /// writer can use it too).
 pub fn http_client() -> reqwest::Client {
+    crate::tls::install_provider();
     reqwest::Client::builder()
         .use_rustls_tls()
         .build()

@@ -81,7 +81,8 @@ pub async fn gather(
     if !timings.degraded.is_empty() {
         deps.stats.pipeline.degraded_context.inc();
     }
-    let fast = answered.is_fast();
+    // Images need the full path: the fast model may not read them, and they are worth a memory.
+    let fast = answered.is_fast() && message.images.is_empty();
     let mut gathered = Gathered {
         embedding,
         sections: Vec::new(),
@@ -121,17 +122,20 @@ pub fn build_prompt(
     sections: &[Section],
     history: &[Turn],
     profile: Option<&Profile>,
-    message: &str,
+    message: &UserMessage,
 ) -> ChatRequest {
     let _prompt = info_span!("prompt").entered();
+    let settings = deps.settings.load();
     let built = prompt::build(PromptInput {
         character,
         params: model_params(character, fast),
         profile,
         sections,
         history,
-        message,
-        token_budget: deps.settings.load().token_budget,
+        message: &message.text,
+        images: &message.images,
+        image_tokens: settings.image_tokens,
+        token_budget: settings.token_budget,
         now_ms: deps.clock.now_ms(),
     });
     debug!(

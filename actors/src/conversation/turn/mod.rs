@@ -96,7 +96,7 @@ async fn run(deps: &ConversationDeps, input: TurnInput) -> TurnReport {
         &gathered.sections,
         history.map_or(&[][..], Vec::as_slice),
         profile.and_then(Option::as_ref),
-        &msg.text,
+        &msg,
     );
     timings.prompt_ready = msg.received_at.elapsed();
 
@@ -132,9 +132,14 @@ async fn run(deps: &ConversationDeps, input: TurnInput) -> TurnReport {
         let previous = profile
             .and_then(Option::as_ref)
             .map_or(0, |p| p.message_count);
-        let vector = gathered.embedding.await;
-        report.summarised =
-            persist::enqueue_follow_ups(jobs, deps, &turn, vector, fast, previous + 1).await;
+        let follow = persist::FollowUp {
+            vector: gathered.embedding.await,
+            fast,
+            turn_number: previous + 1,
+            images: &msg.images,
+            model: character.model.model.clone(),
+        };
+        report.summarised = persist::enqueue_follow_ups(jobs, deps, &turn, follow).await;
     }
     report.completed = Some(turn);
     report

@@ -7,7 +7,8 @@ use tracing::{Instrument, error, info_span};
 use crate::conversation::ConversationDeps;
 use crate::graph::ExtractFacts;
 use crate::jobs::{JobSystem, NewJob};
-use crate::memory::{RememberTurn, Summarise};
+use crate::memory::{DescribeImage, RememberTurn, Summarise};
+use crate::messages::Image;
 use crate::ports::{Embedding, Turn};
 
 pub async fn record(deps: &ConversationDeps, turn: &Turn, display_name: &str) {
@@ -22,17 +23,35 @@ pub async fn record(deps: &ConversationDeps, turn: &Turn, display_name: &str) {
     }
 }
 
-/// Durable follow-ups of a turn: remember it, summarise every `summarise_every` turns, and (full
-/// path only) extract facts. Job ids are derived from the turn, so enqueueing twice stores one
-/// job. Returns whether a summary was enqueued.
+/// What a turn leaves for its follow-ups beyond the stored turn.
+pub struct FollowUp<'a> {
+    /// The message's embedding, reused by the remember job.
+    pub vector: Option<Embedding>,
+    pub fast: bool,
+    /// The user's message count including this turn.
+    pub turn_number: u64,
+    /// Images the message carried (vision models only): each is described into a memory.
+    pub images: &'a [Image],
+    /// The model that read them.
+    pub model: Option<String>,
+}
+
+/// Durable follow-ups of a turn: remember it, describe its images, summarise every
+/// `summarise_every` turns, and (full path only) extract facts. Job ids are derived from the
+/// turn, so enqueueing twice stores one job. Returns whether a summary was enqueued.
 pub async fn enqueue_follow_ups(
     jobs: &JobSystem,
     deps: &ConversationDeps,
     turn: &Turn,
-    vector: Option<Embedding>,
-    fast: bool,
-    turn_number: u64,
+    follow: FollowUp<'_>,
 ) -> bool {
+    let FollowUp {
+        vector,
+        fast,
+        turn_number,
+        images,
+        model,
+    } = follow;
     let id = format!(
         "{}:{}:{}",
         turn.key.character, turn.key.user, turn.created_at_ms
@@ -46,6 +65,19 @@ pub async fn enqueue_follow_ups(
             message_vector: vector,
         };
         pending.push(NewJob::of(&id, user.clone(), &payload));
+    }
+    if remembers {
+        for (index, image) in images.iter().enumerate() {
+            let payload = DescribeImage {
+                key: turn.key.clone(),
+                scope: turn.scope.clone(),
+                at_ms: turn.created_at_ms,
+                index: index as u32,
+                image: image.clone(),
+                model: model.clone(),
+            };
+            pending.push(NewJob::of(&format!("{id}:{index}"), user.clone(), &payload));
+        }
     }
     let summarise = deps
         .summarise_every
