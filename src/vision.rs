@@ -88,10 +88,11 @@ mod tests {
     }
 
     #[test]
-    fn png_and_jpeg_pass_unchanged_with_their_mime_type() {
+    fn png_jpeg_and_webp_pass_unchanged_with_their_mime_type() {
         for (format, mime) in [
             (ImageFormat::Png, "image/png"),
             (ImageFormat::Jpeg, "image/jpeg"),
+            (ImageFormat::WebP, "image/webp"),
         ] {
             let bytes = encoded(format);
             let image = prepare(&bytes).unwrap();
