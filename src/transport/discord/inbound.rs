@@ -325,13 +325,9 @@ impl Bot {
         };
         let mut notes: Vec<String> = Vec::new();
         if !unread.is_empty() {
-            let readable = if vision {
-                "text attachments and images"
-            } else {
-                "text attachments"
-            };
+            let images = if vision { " and images" } else { "" };
             notes.push(format!(
-                "-# I can only read {readable} up to {} KB; I couldn't open {}.",
+                "-# I can only read text attachments up to {} KB{images}; I couldn't open {}.",
                 self.max_attachment_bytes / 1024,
                 unread.join(", ")
             ));
