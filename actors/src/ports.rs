@@ -179,6 +179,30 @@ pub struct ChatRequest {
     pub response_schema: Option<ResponseSchema>,
 }
 
+impl ChatRequest {
+    /// A plain completion, as background jobs ask for one (summaries, facts, image
+    /// descriptions): no tools, no repetition penalties, the endpoint's default `top_p`.
+    pub fn completion(
+        model: Option<String>,
+        messages: Vec<ChatMessage>,
+        temperature: f32,
+        max_tokens: u32,
+    ) -> Self {
+        Self {
+            model,
+            messages,
+            temperature,
+            top_p: None,
+            frequency_penalty: None,
+            presence_penalty: None,
+            max_tokens,
+            tools: Vec::new(),
+            tool_choice: ToolChoice::default(),
+            response_schema: None,
+        }
+    }
+}
+
 /// A named JSON schema the model's answer must follow.
 #[derive(Clone, Debug, PartialEq, Serialize)]
 pub struct ResponseSchema {

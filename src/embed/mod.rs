@@ -97,17 +97,13 @@ fn load_files(cfg: &EmbeddingSection) -> Result<ModelFiles, EmbedSetupError> {
     let dir = resolve(&cfg.model_dir, || {
         cache_dir().join("models/all-minilm-l6-v2-q8")
     });
+    let onnx = dir.join("model.onnx");
+    if !onnx.is_file() {
+        return Err(EmbedSetupError::MissingModelFile(onnx));
+    }
     Ok(ModelFiles {
-        onnx_len: std::fs::metadata(dir.join("model.onnx"))
-            .map(|m| m.len())
-            .unwrap_or(0),
-        onnx: {
-            let path = dir.join("model.onnx");
-            if !path.is_file() {
-                return Err(EmbedSetupError::MissingModelFile(path));
-            }
-            path
-        },
+        onnx_len: std::fs::metadata(&onnx).map(|m| m.len()).unwrap_or(0),
+        onnx,
         tokenizer: TokenizerFiles {
             tokenizer_file: read(&dir, "tokenizer.json")?,
             config_file: read(&dir, "config.json")?,

@@ -11,18 +11,7 @@ use crate::support::app::run_actix;
 use crate::support::openai_server::{Behavior, ScriptedLlm};
 
 fn request() -> ChatRequest {
-    ChatRequest {
-        model: None,
-        messages: vec![ChatMessage::new(Role::User, "hi")],
-        temperature: 0.5,
-        top_p: None,
-        frequency_penalty: None,
-        presence_penalty: None,
-        max_tokens: 64,
-        tools: Vec::new(),
-        tool_choice: Default::default(),
-        response_schema: None,
-    }
+    ChatRequest::completion(None, vec![ChatMessage::new(Role::User, "hi")], 0.5, 64)
 }
 
 /// An LlmActor with `slots` concurrent requests on the stand-in server, and its counters.

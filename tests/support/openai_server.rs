@@ -144,6 +144,14 @@ impl Recorded {
         self.body.to_string().matches("\"image_url\"").count() / 2
     }
 
+    /// Whether the request's first (system) message starts with `prefix`: how background
+    /// jobs' requests are told apart.
+    fn system_starts_with(&self, prefix: &str) -> bool {
+        self.contents()
+            .first()
+            .is_some_and(|s| s.starts_with(prefix))
+    }
+
     pub fn last_user_message(&self) -> String {
         self.contents().last().cloned().unwrap_or_default()
     }
@@ -275,11 +283,7 @@ async fn completions(State(shared): State<Arc<Shared>>, body: String) -> Respons
         body,
         at: Instant::now(),
     };
-    if recorded
-        .contents()
-        .first()
-        .is_some_and(|s| s.starts_with("You extract durable facts"))
-    {
+    if recorded.system_starts_with("You extract durable facts") {
         let answer = shared
             .facts
             .lock()
@@ -295,11 +299,7 @@ async fn completions(State(shared): State<Arc<Shared>>, body: String) -> Respons
             FactsAnswer::Text(text) => stream_response(vec![text], Duration::ZERO, Duration::ZERO),
         };
     }
-    if recorded
-        .contents()
-        .first()
-        .is_some_and(|s| s.starts_with("Summarise this conversation"))
-    {
+    if recorded.system_starts_with("Summarise this conversation") {
         let transcript = recorded.last_user_message();
         let first = transcript
             .lines()
@@ -314,11 +314,7 @@ async fn completions(State(shared): State<Arc<Shared>>, body: String) -> Respons
             Duration::ZERO,
         );
     }
-    if recorded
-        .contents()
-        .first()
-        .is_some_and(|s| s.starts_with("Describe the image the user shared"))
-    {
+    if recorded.system_starts_with("Describe the image the user shared") {
         let answer = shared
             .description
             .lock()

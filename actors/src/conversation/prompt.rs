@@ -240,6 +240,39 @@ mod tests {
     }
 
     #[test]
+    fn images_ride_on_the_new_message_and_cost_their_tokens() {
+        let c = character();
+        let history: Vec<Turn> = (0..50).map(turn).collect();
+        let image = crate::messages::Image {
+            mime: "image/png".into(),
+            base64: "iVBORw0KGgo=".into(),
+        };
+        let build_with = |images: &[crate::messages::Image]| {
+            build(PromptInput {
+                character: &c,
+                params: &c.model,
+                profile: None,
+                sections: &[],
+                history: &history,
+                message: "what is this?",
+                images,
+                image_tokens: 200,
+                token_budget: 600,
+                now_ms: 0,
+            })
+        };
+        let without = build_with(&[]);
+        let with = build_with(std::slice::from_ref(&image));
+        // The image's 200 tokens push history out, not the budget up.
+        assert!(with.history_turns_used < without.history_turns_used);
+        assert!(with.estimated_tokens <= 600);
+        let last = with.request.messages.last().unwrap();
+        assert_eq!(last.content, "what is this?");
+        assert_eq!(last.images, vec![image]);
+        assert!(without.request.messages.iter().all(|m| m.images.is_empty()));
+    }
+
+    #[test]
     fn profile_and_sections_land_in_the_system_prompt() {
         let c = character();
         let profile = Profile {
@@ -270,69 +303,6 @@ mod tests {
             system.contains("Name: Sam. First talked with you 3 days ago. Messages so far: 3.")
         );
         assert!(system.contains("## Memories\nlikes tea"));
-    }
-}
-
-#[cfg(test)]
-mod image_tests {
-    use super::*;
-    use crate::messages::Image;
-
-    #[test]
-    fn images_ride_on_the_new_message_and_cost_their_tokens() {
-        let c = Character {
-            id: "aria".into(),
-            name: "Aria".into(),
-            system_prompt: "You are Aria.".into(),
-            model: ModelParams {
-                model: None,
-                temperature: 0.7,
-                top_p: None,
-                frequency_penalty: None,
-                presence_penalty: None,
-                max_tokens: 64,
-                vision: Some(true),
-            },
-            fast_model: None,
-        };
-        let history: Vec<Turn> = (0..10)
-            .map(|i| Turn {
-                key: crate::key::ConversationKey::new("aria", "u"),
-                scope: crate::key::Scope::Console,
-                user_message: format!("question {i} {}", "x".repeat(80)),
-                reply: format!("answer {i} {}", "y".repeat(80)),
-                created_at_ms: 0,
-                replied_at_ms: 0,
-                message_id: None,
-            })
-            .collect();
-        let image = Image {
-            mime: "image/png".into(),
-            base64: "iVBORw0KGgo=".into(),
-        };
-        let build_with = |images: &[Image]| {
-            build(PromptInput {
-                character: &c,
-                params: &c.model,
-                profile: None,
-                sections: &[],
-                history: &history,
-                message: "what is this?",
-                images,
-                image_tokens: 200,
-                token_budget: 600,
-                now_ms: 0,
-            })
-        };
-        let without = build_with(&[]);
-        let with = build_with(std::slice::from_ref(&image));
-        // The image's 200 tokens push history out, not the budget up.
-        assert!(with.history_turns_used < without.history_turns_used);
-        assert!(with.estimated_tokens <= 600);
-        let last = with.request.messages.last().unwrap();
-        assert_eq!(last.content, "what is this?");
-        assert_eq!(last.images, vec![image]);
-        assert!(without.request.messages.iter().all(|m| m.images.is_empty()));
     }
 }
 

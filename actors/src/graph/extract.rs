@@ -129,21 +129,18 @@ impl JobHandler for FactExtraction {
     async fn run(&self, job: &Job) -> Result<(), JobError> {
         let input: ExtractFacts = job.payload()?;
         let request = ChatRequest {
-            model: self.model.clone(),
-            messages: vec![
-                ChatMessage::new(Role::System, EXTRACTION_PROMPT),
-                ChatMessage::new(Role::User, input.message.clone()),
-            ],
-            temperature: 0.0,
-            top_p: None,
-            frequency_penalty: None,
-            presence_penalty: None,
-            // The schema bounds the answer to about 480 characters: even at one token a
-            // character (odd words) it ends before this.
-            max_tokens: 480,
-            tools: Vec::new(),
-            tool_choice: Default::default(),
             response_schema: Some(facts_schema()),
+            ..ChatRequest::completion(
+                self.model.clone(),
+                vec![
+                    ChatMessage::new(Role::System, EXTRACTION_PROMPT),
+                    ChatMessage::new(Role::User, input.message.clone()),
+                ],
+                0.0,
+                // The schema bounds the answer to about 480 characters: even at one token a
+                // character (odd words) it ends before this.
+                480,
+            )
         };
         let answer = complete_in_background(&self.llm, request)
             .await

@@ -66,34 +66,22 @@ impl crate::jobs::JobHandler for DescribeImageHandler {
         use crate::jobs::JobError;
         use crate::ports::{ChatMessage, ChatRequest, Role};
         let input: DescribeImage = job.payload()?;
-        let request = ChatRequest {
-            model: input.model.clone(),
-            messages: vec![
+        let request = ChatRequest::completion(
+            input.model.clone(),
+            vec![
                 ChatMessage::new(Role::System, DESCRIBE_PROMPT),
                 ChatMessage::user_with_images("Describe this image.", vec![input.image.clone()]),
             ],
-            temperature: 0.2,
-            top_p: None,
-            frequency_penalty: None,
-            presence_penalty: None,
-            max_tokens: 80,
-            tools: Vec::new(),
-            tool_choice: Default::default(),
-            response_schema: None,
-        };
+            0.2,
+            80,
+        );
         let answer = crate::llm::complete_in_background(&self.llm, request)
             .await
             .map_err(|e| JobError::new(e.to_string()))?;
         let description =
             parse_description(&answer).ok_or_else(|| JobError::new("empty image description"))?;
         let text = image_memory(&description);
-        let vector = self
-            .embedder
-            .embed_background(vec![text.clone()])
-            .await
-            .map_err(|e| JobError::new(e.to_string()))?
-            .pop()
-            .ok_or_else(|| JobError::new("no vector for the image description"))?;
+        let vector = embed_in_background(self.embedder.as_ref(), &text).await?;
         self.store
             .add(vec![MemoryChunk {
                 key: input.key.clone(),

@@ -56,6 +56,21 @@ impl MemoryKind {
     }
 }
 
+/// The vector of one memory a background job writes (a summary, an image's description):
+/// embedded on the background line, behind live messages.
+async fn embed_in_background(
+    embedder: &dyn crate::ports::Embedder,
+    text: &str,
+) -> Result<Embedding, crate::jobs::JobError> {
+    use crate::jobs::JobError;
+    embedder
+        .embed_background(vec![text.to_owned()])
+        .await
+        .map_err(|e| JobError::new(e.to_string()))?
+        .pop()
+        .ok_or_else(|| JobError::new("the embedder returned no vector"))
+}
+
 /// One stored chunk. Long texts are split into chunks sharing a `group`; retrieval re-joins them.
 #[derive(Clone, Debug)]
 pub struct MemoryChunk {

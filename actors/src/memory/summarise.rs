@@ -85,19 +85,16 @@ impl crate::jobs::JobHandler for SummariseHandler {
             .collect::<Vec<_>>()
             .join("\n");
         let request = ChatRequest {
-            model: self.model.clone(),
-            messages: vec![
-                ChatMessage::new(Role::System, SUMMARY_PROMPT),
-                ChatMessage::new(Role::User, transcript),
-            ],
-            temperature: 0.2,
-            top_p: None,
-            frequency_penalty: None,
-            presence_penalty: None,
-            max_tokens: 200,
-            tools: Vec::new(),
-            tool_choice: Default::default(),
             response_schema: Some(summary_schema()),
+            ..ChatRequest::completion(
+                self.model.clone(),
+                vec![
+                    ChatMessage::new(Role::System, SUMMARY_PROMPT),
+                    ChatMessage::new(Role::User, transcript),
+                ],
+                0.2,
+                200,
+            )
         };
         let summary = crate::llm::complete_in_background(&self.llm, request)
             .await
@@ -105,13 +102,7 @@ impl crate::jobs::JobHandler for SummariseHandler {
         let Some(summary) = parse_summary(&summary) else {
             return Err(JobError::new("empty summary"));
         };
-        let vector = self
-            .embedder
-            .embed_background(vec![summary.clone()])
-            .await
-            .map_err(|e| JobError::new(e.to_string()))?
-            .pop()
-            .ok_or_else(|| JobError::new("no vector for the summary"))?;
+        let vector = embed_in_background(self.embedder.as_ref(), &summary).await?;
         self.store
             .add(vec![MemoryChunk {
                 key: input.key.clone(),

@@ -243,3 +243,37 @@ fn an_image_is_remembered_by_its_description_in_its_scope_and_forgotten() {
         rig.stop().await;
     });
 }
+
+/// `limits.*` count a message with images once, whatever the number of images.
+#[test]
+fn a_message_with_images_counts_once_toward_the_limit() {
+    run_actix(|| async {
+        let dir = tempfile::tempdir().unwrap();
+        let chars = characters(dir.path());
+        let rig = Rig::start(&["aria"], |s| {
+            s.characters.dir = chars;
+            s.limits.messages_per_window = 2;
+        })
+        .await;
+        let png = picture(ImageFormat::Png, 5, 8);
+        let first = rig.emu.post(Incoming {
+            attachments: (0..3)
+                .map(|i| (format!("p{i}.png"), "image/png".into(), png.clone()))
+                .collect(),
+            ..rig.mention("aria", "three pictures")
+        });
+        wait_shown(&rig, first, "echo: three pictures").await;
+        assert_eq!(
+            request_for(&rig, "three pictures")
+                .last_message_images()
+                .len(),
+            3
+        );
+        let second = rig.emu.post(rig.mention("aria", "still within the limit"));
+        wait_shown(&rig, second, "echo: still within the limit").await;
+        let third = rig.emu.post(rig.mention("aria", "one too many"));
+        let reply = wait_shown(&rig, third, "faster than I can read them").await;
+        assert!(!reply.contains("echo"), "{reply}");
+        rig.stop().await;
+    });
+}
