@@ -4,6 +4,7 @@
 pub mod app;
 pub mod backup;
 pub mod classifier;
+#[cfg(feature = "server")]
 pub mod cluster;
 pub mod config;
 pub mod embed;

@@ -78,6 +78,9 @@ enum Command {
 enum ConfigCommand {
     /// Print the effective configuration (secrets redacted); exit non-zero on any error
     Check,
+    /// Print the cargo features the configuration needs, one per line (`server` for any server
+    /// store or cluster role; nothing for the embedded default); `./bot.sh run` builds with them
+    Features,
 }
 
 fn main() -> ExitCode {
@@ -118,6 +121,14 @@ fn load(cli: &Cli) -> anyhow::Result<(Settings, whisper_actors::CharacterSet)> {
 
 fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match &cli.command {
+        Command::Config {
+            command: ConfigCommand::Features,
+        } => {
+            for feature in config::needed_features(&overrides(&cli))? {
+                println!("{feature}");
+            }
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Config {
             command: ConfigCommand::Check,
         } => {
@@ -387,6 +398,14 @@ fn reload(cli: &Cli) -> anyhow::Result<ExitCode> {
 /// A cluster worker (consumes its partitions and answers them) or jobs member (background jobs
 /// only): no transport of its own, until Ctrl-C or SIGTERM; a worker hands its partitions over
 /// before it stops.
+#[cfg(not(feature = "server"))]
+fn cluster_member(cli: &Cli) -> anyhow::Result<ExitCode> {
+    // `config::load` refuses `cluster.role` in this build before we get here.
+    load(cli)?;
+    anyhow::bail!("cluster.role needs the server backends, which this build leaves out")
+}
+
+#[cfg(feature = "server")]
 fn cluster_member(cli: &Cli) -> anyhow::Result<ExitCode> {
     let (settings, characters) = load(cli)?;
     telemetry::init(&settings.logging, LogTarget::Stderr).context("setting up logging")?;

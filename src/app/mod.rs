@@ -63,7 +63,7 @@ struct Topology {
     pools: Vec<(String, Arc<PoolStats>)>,
     history: Arc<dyn HistoryStore>,
     limiter: Arc<whisper_actors::limits::LiveLimiter>,
-    redis_cache: Option<deadpool_redis::Pool>,
+    redis_cache: Option<stores::RedisPool>,
     store_pools: (MemoryPool, GraphPool),
     embedder: Option<Arc<LocalEmbedder>>,
     intents: Option<whisper_actors::classifier::IntentSet>,
@@ -273,7 +273,7 @@ pub struct App {
     /// `[limits]` in force, and the Redis pool a rebuilt limiter counts in.
     limits: (
         Arc<whisper_actors::limits::LiveLimiter>,
-        Option<deadpool_redis::Pool>,
+        Option<stores::RedisPool>,
     ),
 }
 

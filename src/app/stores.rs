@@ -5,15 +5,21 @@ use std::sync::Arc;
 
 use whisper_actors::stats::PoolStats;
 
+#[cfg(feature = "server")]
 use anyhow::Context as _;
 use whisper_actors::memory::MemoryStore;
 use whisper_actors::ports::HistoryStore;
 
 use crate::config::{FactsBackend, HistoryBackend, JobsBackend, MemoryBackend, Settings};
+#[cfg(feature = "server")]
 use crate::store::neo4j::Neo4jFacts;
+#[cfg(feature = "server")]
 use crate::store::postgres::PgHistory;
+#[cfg(feature = "server")]
 use crate::store::qdrant::QdrantMemory;
+#[cfg(feature = "server")]
 use crate::store::redis::cache::{CachedHistory, RedisRateLimiter};
+#[cfg(feature = "server")]
 use crate::store::redis::jobs::RedisJobs;
 use crate::store::sqlite::facts::SqliteFacts;
 use crate::store::sqlite::jobs::SqliteJobs;
@@ -24,6 +30,22 @@ use whisper_actors::jobs::JobQueue;
 use whisper_actors::limits::{LocalRateLimiter, RateLimiter};
 
 use super::control::UserData;
+
+/// The Redis pool the cache and the shared rate limiter use; in a build without the server
+/// backends there is none to have (`config::load` refuses `storage.redis_cache` there).
+#[cfg(feature = "server")]
+pub(crate) type RedisPool = deadpool_redis::Pool;
+#[cfg(not(feature = "server"))]
+pub(crate) type RedisPool = std::convert::Infallible;
+
+/// A server backend asked for in a build without them. `config::load` refuses such a
+/// configuration first; this keeps a direct caller from getting anything but an error.
+#[cfg(not(feature = "server"))]
+pub(crate) fn not_built(key: &str) -> anyhow::Error {
+    anyhow::anyhow!(
+        "{key} needs the server backends, which this build leaves out (build with `--features server`)"
+    )
+}
 
 /// The configured history store (embedded SQLite or PostgreSQL) and its pool's stats.
 /// Resizes a store's pool live (`pools.history` / `pools.postgres`).
@@ -44,6 +66,9 @@ pub(super) async fn history_store(
             let handle = store.clone();
             (store, stats, Arc::new(move |n| handle.resize(n)))
         }
+        #[cfg(not(feature = "server"))]
+        HistoryBackend::Postgres => return Err(not_built("storage.history = \"postgres\"")),
+        #[cfg(feature = "server")]
         HistoryBackend::Postgres => {
             let store = PgHistory::connect(
                 settings.storage.postgres_url.expose(),
@@ -65,33 +90,41 @@ pub(super) async fn history_store(
 pub(super) async fn redis_extras(
     settings: &Settings,
     history: Arc<dyn HistoryStore>,
-) -> anyhow::Result<(Arc<dyn HistoryStore>, Option<deadpool_redis::Pool>)> {
+) -> anyhow::Result<(Arc<dyn HistoryStore>, Option<RedisPool>)> {
     let s = &settings.storage;
     if !s.redis_cache {
         return Ok((history, None));
     }
-    let pool = crate::store::redis::jobs::pool(
-        s.redis_url.expose(),
-        settings.pools.redis,
-        s.connect_timeout,
-    )
-    .await
-    .context("opening the Redis cache (storage.redis_cache = true)")?;
-    let cached = CachedHistory::new(history, pool.clone(), &s.redis_prefix, s.cache_ttl);
-    Ok((Arc::new(cached), Some(pool)))
+    #[cfg(not(feature = "server"))]
+    return Err(not_built("storage.redis_cache = true"));
+    #[cfg(feature = "server")]
+    {
+        let pool = crate::store::redis::jobs::pool(
+            s.redis_url.expose(),
+            settings.pools.redis,
+            s.connect_timeout,
+        )
+        .await
+        .context("opening the Redis cache (storage.redis_cache = true)")?;
+        let cached = CachedHistory::new(history, pool.clone(), &s.redis_prefix, s.cache_ttl);
+        Ok((Arc::new(cached), Some(pool)))
+    }
 }
 
 /// The limiter `[limits]` asks for: counted in Redis when the Redis cache is on (shared by
 /// every bot process), else in process; none when `messages_per_window` is 0.
 pub(super) fn limiter_for(
     settings: &Settings,
-    redis: Option<&deadpool_redis::Pool>,
+    redis: Option<&RedisPool>,
 ) -> Option<Arc<dyn RateLimiter>> {
     let limits = &settings.limits;
     if limits.messages_per_window == 0 {
         return None;
     }
     let limiter: Arc<dyn RateLimiter> = match redis {
+        #[cfg(not(feature = "server"))]
+        Some(never) => match *never {},
+        #[cfg(feature = "server")]
         Some(pool) => Arc::new(RedisRateLimiter::new(
             pool.clone(),
             &settings.storage.redis_prefix,
@@ -123,6 +156,8 @@ pub(super) async fn memory_store(
     characters: Vec<String>,
 ) -> anyhow::Result<(Arc<dyn MemoryStore>, Arc<whisper_actors::stats::PoolStats>)> {
     let s = &settings.storage;
+    #[cfg(not(feature = "server"))]
+    let _ = characters;
     Ok(match s.memory {
         MemoryBackend::Sqlite => {
             let store = SqliteMemory::start(
@@ -133,12 +168,18 @@ pub(super) async fn memory_store(
             let stats = store.stats();
             (Arc::new(store), stats)
         }
+        #[cfg(not(feature = "server"))]
+        MemoryBackend::Qdrant | MemoryBackend::Postgres => {
+            return Err(not_built("storage.memory"));
+        }
+        #[cfg(feature = "server")]
         MemoryBackend::Qdrant => {
             let store = QdrantMemory::from_storage(s, characters)
                 .await
                 .context("opening the vector memory (storage.memory = \"qdrant\")")?;
             (Arc::new(store), Arc::new(Default::default()))
         }
+        #[cfg(feature = "server")]
         MemoryBackend::Postgres => {
             let store = crate::store::postgres::memory::PgMemory::connect(
                 s.postgres_url.expose(),
@@ -166,6 +207,9 @@ pub(super) async fn fact_store(
             let stats = store.stats();
             (Arc::new(store), ("fact threads (sqlite)".to_owned(), stats))
         }
+        #[cfg(not(feature = "server"))]
+        FactsBackend::Neo4j => return Err(not_built("storage.facts = \"neo4j\"")),
+        #[cfg(feature = "server")]
         FactsBackend::Neo4j => {
             let store = Neo4jFacts::from_storage(s, settings.pools.neo4j)
                 .await
@@ -185,6 +229,9 @@ pub(super) async fn job_queue(
 ) -> anyhow::Result<Arc<dyn JobQueue>> {
     Ok(match settings.storage.jobs {
         JobsBackend::Sqlite => Arc::new(SqliteJobs::start(db.to_owned())),
+        #[cfg(not(feature = "server"))]
+        JobsBackend::Redis => return Err(not_built("storage.jobs = \"redis\"")),
+        #[cfg(feature = "server")]
         JobsBackend::Redis => Arc::new(
             RedisJobs::connect(
                 settings.storage.redis_url.expose(),

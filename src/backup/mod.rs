@@ -21,8 +21,11 @@ use serde_json::{Map, Value};
 use sha2::{Digest, Sha256};
 
 use crate::config::{FactsBackend, HistoryBackend, MemoryBackend, Settings};
+#[cfg(feature = "server")]
 use crate::store::neo4j::Neo4jFacts;
+#[cfg(feature = "server")]
 use crate::store::postgres::PgHistory;
+#[cfg(feature = "server")]
 use crate::store::qdrant::QdrantMemory;
 use crate::store::sqlite;
 
@@ -75,34 +78,53 @@ pub struct Manifest {
 type Row = Map<String, Value>;
 
 /// Where vector memories live, when not in the embedded database.
+/// (None in a build without the server backends: `config::load` refuses them there.)
 enum MemoryTarget {
+    #[cfg(feature = "server")]
     Qdrant(Box<QdrantMemory>),
+    #[cfg(feature = "server")]
     Postgres(crate::store::postgres::memory::PgMemory),
 }
 
 impl MemoryTarget {
     async fn export_rows(&self) -> anyhow::Result<Vec<Row>> {
-        match self {
-            MemoryTarget::Qdrant(q) => q.export_rows().await,
-            MemoryTarget::Postgres(pg) => pg.export_rows().await,
+        match *self {
+            #[cfg(feature = "server")]
+            MemoryTarget::Qdrant(ref q) => q.export_rows().await,
+            #[cfg(feature = "server")]
+            MemoryTarget::Postgres(ref pg) => pg.export_rows().await,
         }
     }
 
     async fn import_rows(&self, rows: &[Row]) -> anyhow::Result<()> {
-        match self {
-            MemoryTarget::Qdrant(q) => q.import_rows(rows).await,
-            MemoryTarget::Postgres(pg) => pg.import_rows(rows).await,
+        #[cfg(not(feature = "server"))]
+        let _ = rows;
+        match *self {
+            #[cfg(feature = "server")]
+            MemoryTarget::Qdrant(ref q) => q.import_rows(rows).await,
+            #[cfg(feature = "server")]
+            MemoryTarget::Postgres(ref pg) => pg.import_rows(rows).await,
         }
     }
+}
+
+/// A server backend asked for in a build without them (`config::load` refuses that first).
+#[cfg(not(feature = "server"))]
+fn not_built(key: &str) -> anyhow::Error {
+    anyhow::anyhow!("{key} needs the server backends, which this build leaves out")
 }
 
 async fn memory_target(settings: &Settings) -> anyhow::Result<Option<MemoryTarget>> {
     let s = &settings.storage;
     Ok(match s.memory {
         MemoryBackend::Sqlite => None,
+        #[cfg(not(feature = "server"))]
+        MemoryBackend::Qdrant | MemoryBackend::Postgres => return Err(not_built("storage.memory")),
+        #[cfg(feature = "server")]
         MemoryBackend::Qdrant => Some(MemoryTarget::Qdrant(Box::new(
             QdrantMemory::from_storage(s, settings.character_ids()?).await?,
         ))),
+        #[cfg(feature = "server")]
         MemoryBackend::Postgres => Some(MemoryTarget::Postgres(
             crate::store::postgres::memory::PgMemory::connect(
                 s.postgres_url.expose(),
@@ -115,6 +137,7 @@ async fn memory_target(settings: &Settings) -> anyhow::Result<Option<MemoryTarge
 }
 
 /// A `memories.jsonl` row as a memory chunk (vector in base64, f32 little-endian).
+#[cfg(feature = "server")]
 pub(crate) fn chunk_from_row(row: &Row) -> anyhow::Result<whisper_actors::memory::MemoryChunk> {
     use base64::Engine as _;
     let text = |k: &str| row.get(k).and_then(|v| v.as_str()).unwrap_or_default();
@@ -146,12 +169,14 @@ pub(crate) fn chunk_from_row(row: &Row) -> anyhow::Result<whisper_actors::memory
 /// Where history lives, as configured: the embedded database or a PostgreSQL connection.
 enum HistoryTarget {
     Sqlite,
+    #[cfg(feature = "server")]
     Postgres(PgHistory),
 }
 
 /// Where facts live, as configured.
 enum FactsTarget {
     Sqlite,
+    #[cfg(feature = "server")]
     Neo4j(Neo4jFacts),
 }
 
@@ -159,6 +184,9 @@ async fn facts_target(settings: &Settings) -> anyhow::Result<FactsTarget> {
     let s = &settings.storage;
     Ok(match s.facts {
         FactsBackend::Sqlite => FactsTarget::Sqlite,
+        #[cfg(not(feature = "server"))]
+        FactsBackend::Neo4j => return Err(not_built("storage.facts")),
+        #[cfg(feature = "server")]
         FactsBackend::Neo4j => {
             FactsTarget::Neo4j(Neo4jFacts::from_storage(s, settings.pools.neo4j).await?)
         }
@@ -168,6 +196,9 @@ async fn facts_target(settings: &Settings) -> anyhow::Result<FactsTarget> {
 async fn history_target(settings: &Settings) -> anyhow::Result<HistoryTarget> {
     Ok(match settings.storage.history {
         HistoryBackend::Sqlite => HistoryTarget::Sqlite,
+        #[cfg(not(feature = "server"))]
+        HistoryBackend::Postgres => return Err(not_built("storage.history")),
+        #[cfg(feature = "server")]
         HistoryBackend::Postgres => HistoryTarget::Postgres(
             PgHistory::connect(
                 settings.storage.postgres_url.expose(),
@@ -213,9 +244,11 @@ pub async fn backup(
         let mut rows = Vec::new();
         for table in section.tables {
             match (&history, &facts, table.name) {
+                #[cfg(feature = "server")]
                 (HistoryTarget::Postgres(pg), _, "turns" | "profiles") => {
                     rows.extend(pg.export_rows(table.name, table.columns).await?)
                 }
+                #[cfg(feature = "server")]
                 (_, FactsTarget::Neo4j(graph), "facts") => rows.extend(graph.export_rows().await?),
                 (_, _, "memories") if memory.is_some() => {
                     if let Some(m) = &memory {
@@ -355,7 +388,9 @@ pub async fn restore(
                     m.import_rows(rows).await?
                 }
             }
+            #[cfg(feature = "server")]
             (_, FactsTarget::Neo4j(graph), "facts.jsonl") => graph.import_rows(rows).await?,
+            #[cfg(feature = "server")]
             (HistoryTarget::Postgres(pg), _, "history.jsonl") => {
                 pg.import_rows(
                     &[

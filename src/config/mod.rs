@@ -74,7 +74,7 @@ impl Loaded {
 }
 
 /// Loads and validates the configuration.
-pub fn load(overrides: &Overrides) -> Result<Loaded, ConfigError> {
+fn load_layers(overrides: &Overrides) -> Result<Loaded, ConfigError> {
     let mut figment = Figment::from(Toml::string(DEFAULT_TOML));
     match &overrides.config_file {
         Some(path) => {
@@ -100,6 +100,36 @@ pub fn load(overrides: &Overrides) -> Result<Loaded, ConfigError> {
     let loaded = Loaded { settings, figment };
     validate(&loaded)?;
     Ok(loaded)
+}
+
+/// Loads and validates the configuration, and checks this build can serve it: a build without
+/// the `server` feature names the key that asks for a server and how to get one.
+pub fn load(overrides: &Overrides) -> Result<Loaded, ConfigError> {
+    let loaded = load_layers(overrides)?;
+    refuse_absent_backends(&loaded, cfg!(feature = "server"))?;
+    Ok(loaded)
+}
+
+fn refuse_absent_backends(loaded: &Loaded, built_with_server: bool) -> Result<(), ConfigError> {
+    match loaded.settings.server_keys().first() {
+        Some(key) if !built_with_server => Err(loaded.invalid(
+            key,
+            "an embedded backend: this build has no server backends (`./bot.sh run` builds them \
+             in when the configuration asks for one; or `cargo build --release --features server`)",
+        )),
+        _ => Ok(()),
+    }
+}
+
+/// The cargo features the configuration needs (`server`, or none), whatever this build has:
+/// `./bot.sh run` asks a build without them before it runs it.
+pub fn needed_features(overrides: &Overrides) -> Result<Vec<&'static str>, ConfigError> {
+    let loaded = load_layers(overrides)?;
+    Ok(if loaded.settings.server_keys().is_empty() {
+        Vec::new()
+    } else {
+        vec!["server"]
+    })
 }
 
 fn validate(loaded: &Loaded) -> Result<(), ConfigError> {
@@ -218,6 +248,32 @@ pub const LOCAL_LLM_CONCURRENCY: usize = 2;
 pub const ENDPOINT_LLM_CONCURRENCY: usize = 32;
 
 impl Settings {
+    /// The keys whose values need the server backends (the `server` feature), in the order an
+    /// operator would read them.
+    pub fn server_keys(&self) -> Vec<&'static str> {
+        let s = &self.storage;
+        let mut keys = Vec::new();
+        if s.history != HistoryBackend::Sqlite {
+            keys.push("storage.history");
+        }
+        if s.memory != MemoryBackend::Sqlite {
+            keys.push("storage.memory");
+        }
+        if s.facts != FactsBackend::Sqlite {
+            keys.push("storage.facts");
+        }
+        if s.jobs != JobsBackend::Sqlite {
+            keys.push("storage.jobs");
+        }
+        if s.redis_cache {
+            keys.push("storage.redis_cache");
+        }
+        if self.cluster.role != ClusterRole::All {
+            keys.push("cluster.role");
+        }
+        keys
+    }
+
     /// Turns a cluster worker runs at once: what its model admission takes, less the slots
     /// background jobs (summaries, fact extraction) may hold.
     pub fn worker_turns(&self) -> usize {
@@ -352,4 +408,56 @@ fn cluster_rules(loaded: &Loaded) -> Result<(), ConfigError> {
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn from_file(toml: &str) -> (tempfile::NamedTempFile, Overrides) {
+        let file = tempfile::NamedTempFile::new().unwrap();
+        std::fs::write(file.path(), toml).unwrap();
+        let overrides = Overrides {
+            config_file: Some(file.path().to_owned()),
+            data_dir: None,
+            ignore_environment: true,
+        };
+        (file, overrides)
+    }
+
+    #[test]
+    fn the_embedded_default_needs_no_feature() {
+        let (_file, overrides) = from_file("");
+        assert!(needed_features(&overrides).unwrap().is_empty());
+        let loaded = load_layers(&overrides).unwrap();
+        assert!(refuse_absent_backends(&loaded, false).is_ok());
+    }
+
+    #[test]
+    fn each_server_key_needs_the_server_feature_and_a_build_without_it_names_the_key_and_file() {
+        for (toml, key) in [
+            ("[storage]\nhistory = \"postgres\"", "storage.history"),
+            ("[storage]\nmemory = \"qdrant\"", "storage.memory"),
+            ("[storage]\nmemory = \"postgres\"", "storage.memory"),
+            ("[storage]\nfacts = \"neo4j\"", "storage.facts"),
+            ("[storage]\njobs = \"redis\"", "storage.jobs"),
+            ("[storage]\nredis_cache = true", "storage.redis_cache"),
+            ("[cluster]\nrole = \"worker\"", "cluster.role"),
+            ("[cluster]\nrole = \"gateway\"", "cluster.role"),
+        ] {
+            let (file, overrides) = from_file(toml);
+            assert_eq!(needed_features(&overrides).unwrap(), ["server"], "{toml}");
+            let loaded = load_layers(&overrides).unwrap();
+            assert!(refuse_absent_backends(&loaded, true).is_ok());
+            let error = refuse_absent_backends(&loaded, false)
+                .unwrap_err()
+                .to_string();
+            assert!(error.contains(&format!("key `{key}`")), "{error}");
+            assert!(
+                error.contains(&file.path().display().to_string()),
+                "{error}"
+            );
+            assert!(error.contains("./bot.sh run"), "{error}");
+        }
+    }
 }

@@ -401,3 +401,35 @@ async fn the_reload_command_applies_a_change_to_the_running_bot() {
         .unwrap();
     assert!(done.status.success(), "{}", text(&done.stderr));
 }
+
+/// `config features` is what `./bot.sh run` asks to choose its build: nothing for the embedded
+/// default, `server` when the environment selects a server store or a cluster role.
+#[tokio::test(flavor = "multi_thread")]
+async fn config_features_names_what_the_configuration_needs() {
+    let dir = tempfile::tempdir().unwrap();
+    let features = |env: &[(&str, &str)]| {
+        let mut cmd = command(dir.path());
+        cmd.args(["config", "features"]);
+        for (key, value) in env {
+            cmd.env(key, value);
+        }
+        async move {
+            let out = cmd.output().await.unwrap();
+            assert!(out.status.success(), "{}", text(&out.stderr));
+            text(&out.stdout)
+        }
+    };
+    assert_eq!(features(&[]).await, "");
+    assert_eq!(
+        features(&[("WHISPER__STORAGE__HISTORY", "postgres")]).await,
+        "server\n"
+    );
+    assert_eq!(
+        features(&[("WHISPER__STORAGE__REDIS_CACHE", "true")]).await,
+        "server\n"
+    );
+    assert_eq!(
+        features(&[("WHISPER__CLUSTER__ROLE", "worker")]).await,
+        "server\n"
+    );
+}

@@ -20,6 +20,7 @@ pub struct CommandData {
     pub access: whisper_actors::live::Live<Access>,
     pub guild_memories_in_dm: bool,
     /// Cluster mode: `/forget` runs on the worker owning the user's partition.
+    #[cfg(feature = "server")]
     pub cluster: Option<std::sync::Arc<crate::cluster::gateway::Gateway>>,
     pub shards: super::shards::ShardPlan,
     /// `/forget` takes its place in the user's line behind the messages they sent before it.
@@ -101,9 +102,14 @@ pub async fn forget(
         ForgetChoice::History => ForgetScope::History,
     };
     let user = user_key(ctx.author().id.get());
-    let report = match &ctx.data().cluster {
+    #[cfg(feature = "server")]
+    let cluster = ctx.data().cluster.as_ref();
+    #[cfg(not(feature = "server"))]
+    let cluster: Option<&std::convert::Infallible> = None;
+    let report = match cluster {
         // In the user's partition, behind the messages they sent before: none of them can
         // store anything after the delete. The channel context kept here goes too.
+        #[cfg(feature = "server")]
         Some(gateway) => {
             let data = ctx.data();
             data.control.forget_channel_context(&user);
@@ -111,6 +117,8 @@ pub async fn forget(
             let reply_to = gateway.reply_queue(&data.character, shard);
             gateway.forget(&user, scope, reply_to).await?
         }
+        #[cfg(not(feature = "server"))]
+        Some(never) => match *never {},
         None => ctx.data().control.forget(&user, scope).await?.to_string(),
     };
     drop(place);

@@ -44,6 +44,7 @@ pub struct Bot {
     pub access: whisper_actors::live::Live<Access>,
     pub router: ShardRouter,
     /// Cluster mode (`cluster.role = "gateway"`): messages go to the broker, not the router.
+    #[cfg(feature = "server")]
     pub cluster: Option<Arc<crate::cluster::gateway::Gateway>>,
     /// The shards this process runs for the bot (a cluster reply comes back on its shard's queue).
     pub shards: super::shards::ShardPlan,
@@ -215,6 +216,7 @@ impl EventHandler for Bot {
             images,
         };
         place.wait_turn().await;
+        #[cfg(feature = "server")]
         if let Some(gateway) = &self.cluster {
             let shard = self.shards.shard_of(msg.guild_id.map(|g| g.get()));
             if let Err(error) = gateway.publish(&message, shard).await {

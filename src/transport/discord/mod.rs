@@ -44,6 +44,7 @@ pub enum DiscordError {
         character: String,
         source: serenity::Error,
     },
+    #[cfg(feature = "server")]
     #[error("cluster.role = \"gateway\": {0}")]
     Broker(#[from] crate::cluster::broker::BrokerError),
     #[error("the Discord bot for {character}: {source}")]
@@ -65,6 +66,7 @@ struct RunningBot {
     manager: Arc<ShardManager>,
     task: tokio::task::JoinHandle<()>,
     outbound: Addr<DiscordActor>,
+    #[cfg(feature = "server")]
     plan: shards::ShardPlan,
 }
 
@@ -96,6 +98,7 @@ pub async fn start(app: &App, settings: &Settings) -> Result<DiscordBots, Discor
     let arbiter = Arbiter::new();
     let mut bots = Vec::new();
     // As a cluster gateway, messages go to the broker and replies come back from it.
+    #[cfg(feature = "server")]
     let gateway = match settings.cluster.role {
         crate::config::ClusterRole::Gateway => Some(
             crate::cluster::gateway::Gateway::start(
@@ -147,6 +150,7 @@ pub async fn start(app: &App, settings: &Settings) -> Result<DiscordBots, Discor
             )),
             access: access.clone(),
             router: router.clone(),
+            #[cfg(feature = "server")]
             cluster: gateway.clone(),
             shards: plan,
             outbound: outbound.clone(),
@@ -166,6 +170,7 @@ pub async fn start(app: &App, settings: &Settings) -> Result<DiscordBots, Discor
             control: app.control(),
             access: access.clone(),
             guild_memories_in_dm: settings.memory.guild_memories_in_dm,
+            #[cfg(feature = "server")]
             cluster: gateway.clone(),
             shards: plan,
             arrivals,
@@ -226,9 +231,11 @@ pub async fn start(app: &App, settings: &Settings) -> Result<DiscordBots, Discor
             manager,
             task,
             outbound,
+            #[cfg(feature = "server")]
             plan,
         });
     }
+    #[cfg(feature = "server")]
     if let Some(gateway) = gateway {
         let sinks = bots
             .iter()
