@@ -465,11 +465,17 @@ needs_local_llm() {
 # cluster role, which the binary built without them reports (`config features`). Cargo keeps
 # both builds, so switching between them relinks nothing that is already built.
 build_release() {
-  local bin="$ROOT/target/release/whisperengine" features
-  log "building the bot (release)"
-  (cd "$ROOT" && cargo build --release --locked --bin whisperengine --no-default-features >&2)
-  features="$(cd "$ROOT" && "$bin" config features | paste -sd, -)" \
-    || die "the configuration does not load: see above"
+  local bin="$ROOT/target/release/whisperengine" features=""
+  # A binary from an earlier build (with or without the server backends) answers at once.
+  if [[ -x "$bin" ]]; then
+    features="$(cd "$ROOT" && "$bin" config features 2>/dev/null | paste -sd, -)" || features=""
+  fi
+  if [[ -z "$features" ]]; then
+    log "building the bot (release)"
+    (cd "$ROOT" && cargo build --release --locked --bin whisperengine --no-default-features >&2)
+    features="$(cd "$ROOT" && "$bin" config features | paste -sd, -)" \
+      || die "the configuration does not load: see above"
+  fi
   if [[ -n "$features" ]]; then
     log "the configuration uses server backends: building them in (--features $features)"
     (cd "$ROOT" && cargo build --release --locked --bin whisperengine --features "$features" >&2)
@@ -495,11 +501,11 @@ cmd_run() {
     if llama_server_cached; then
       log "step 2/3: llama-server: cached"
     else
-      timed_step "step 2/3: compiling llama-server (about 5 minutes on 2 cores, once)" \
+      timed_step "step 2/3: compiling llama-server (about 4 minutes on 2 cores, once)" \
         provision_llama_server
     fi
   fi
-  timed_step "step 3/3: building the bot (about 9 minutes the first time on 2 cores)" build_release
+  timed_step "step 3/3: building the bot (about 8 minutes the first time on 2 cores)" build_release
   cd "$ROOT"
   exec "$ROOT/target/release/whisperengine" run "$@"
 }

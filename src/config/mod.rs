@@ -442,8 +442,13 @@ mod tests {
             ("[storage]\nfacts = \"neo4j\"", "storage.facts"),
             ("[storage]\njobs = \"redis\"", "storage.jobs"),
             ("[storage]\nredis_cache = true", "storage.redis_cache"),
-            ("[cluster]\nrole = \"worker\"", "cluster.role"),
-            ("[cluster]\nrole = \"gateway\"", "cluster.role"),
+            // A cluster role needs every store on a server (checked by `validate`), so the
+            // first key named is a store's.
+            (
+                "[cluster]\nrole = \"worker\"\n[storage]\nhistory = \"postgres\"\n\
+                 memory = \"postgres\"\nfacts = \"neo4j\"\njobs = \"redis\"",
+                "storage.history",
+            ),
         ] {
             let (file, overrides) = from_file(toml);
             assert_eq!(needed_features(&overrides).unwrap(), ["server"], "{toml}");

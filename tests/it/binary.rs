@@ -429,7 +429,7 @@ async fn config_features_names_what_the_configuration_needs() {
         "server\n"
     );
     assert_eq!(
-        features(&[("WHISPER__CLUSTER__ROLE", "worker")]).await,
+        features(&[("WHISPER__STORAGE__JOBS", "redis")]).await,
         "server\n"
     );
 }
