@@ -5,6 +5,8 @@ use std::sync::Arc;
 
 use whisper_actors::stats::PoolStats;
 
+#[cfg(not(feature = "server"))]
+use crate::store::not_built;
 #[cfg(feature = "server")]
 use anyhow::Context as _;
 use whisper_actors::memory::MemoryStore;
@@ -37,15 +39,6 @@ use super::control::UserData;
 pub(crate) type RedisPool = deadpool_redis::Pool;
 #[cfg(not(feature = "server"))]
 pub(crate) type RedisPool = std::convert::Infallible;
-
-/// A server backend asked for in a build without them. `config::load` refuses such a
-/// configuration first; this keeps a direct caller from getting anything but an error.
-#[cfg(not(feature = "server"))]
-pub(crate) fn not_built(key: &str) -> anyhow::Error {
-    anyhow::anyhow!(
-        "{key} needs the server backends, which this build leaves out (build with `--features server`)"
-    )
-}
 
 /// The configured history store (embedded SQLite or PostgreSQL) and its pool's stats.
 /// Resizes a store's pool live (`pools.history` / `pools.postgres`).

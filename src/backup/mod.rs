@@ -23,6 +23,8 @@ use sha2::{Digest, Sha256};
 use crate::config::{FactsBackend, HistoryBackend, MemoryBackend, Settings};
 #[cfg(feature = "server")]
 use crate::store::neo4j::Neo4jFacts;
+#[cfg(not(feature = "server"))]
+use crate::store::not_built;
 #[cfg(feature = "server")]
 use crate::store::postgres::PgHistory;
 #[cfg(feature = "server")]
@@ -106,12 +108,6 @@ impl MemoryTarget {
             MemoryTarget::Postgres(ref pg) => pg.import_rows(rows).await,
         }
     }
-}
-
-/// A server backend asked for in a build without them (`config::load` refuses that first).
-#[cfg(not(feature = "server"))]
-fn not_built(key: &str) -> anyhow::Error {
-    anyhow::anyhow!("{key} needs the server backends, which this build leaves out")
 }
 
 async fn memory_target(settings: &Settings) -> anyhow::Result<Option<MemoryTarget>> {
