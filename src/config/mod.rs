@@ -249,7 +249,8 @@ pub const ENDPOINT_LLM_CONCURRENCY: usize = 32;
 
 impl Settings {
     /// The keys whose values need the server backends (the `server` feature), in the order an
-    /// operator would read them.
+    /// operator would read them. A cluster role is not among them: `validate` already requires
+    /// every store of a cluster member to be a server one.
     pub fn server_keys(&self) -> Vec<&'static str> {
         let s = &self.storage;
         let mut keys = Vec::new();
@@ -267,9 +268,6 @@ impl Settings {
         }
         if s.redis_cache {
             keys.push("storage.redis_cache");
-        }
-        if self.cluster.role != ClusterRole::All {
-            keys.push("cluster.role");
         }
         keys
     }
