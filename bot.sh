@@ -160,7 +160,7 @@ provision_llama_server() {
   local venv="$CACHE/llama/venv"
   [[ -x "$venv/bin/python" ]] || "$PY" -m venv "$venv"
   "$venv/bin/pip" install --progress-bar off --quiet --only-binary=:all: --no-deps "$XLLAMACPP_PKG" >&2 \
-    || die "installing $XLLAMACPP_PKG failed (it needs Python >= 3.10 on x86-64 or aarch64 Linux)"
+    || die "installing $XLLAMACPP_PKG failed (it needs Python >= 3.10 and a wheel for this platform; or set llm.base_url)"
   printf '%s\n' "$LLAMA_LAUNCHER" >"$CACHE/llama/llama_server.py"
   # shellcheck disable=SC2016 # "$@" is for the script being written
   printf '#!/bin/sh\nexec %q %q "$@"\n' "$venv/bin/python" "$CACHE/llama/llama_server.py" >"$bin.tmp"
