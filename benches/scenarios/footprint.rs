@@ -26,6 +26,7 @@ pub fn run() {
         let mut s = settings(dir.path(), "http://127.0.0.1:9/v1");
         s.logging.level = "warn".into();
         s.facts.extract = false;
+        let (workers, threads) = (s.pools.embedder, s.embedding.threads);
         let app = start(s, super::instant()).await;
         let (started, _) = rss_mb();
         let (sink, mut updates) = ChannelSink::start();
@@ -62,7 +63,7 @@ pub fn run() {
         crate::support::app::drain(&app).await;
         let (after, peak) = rss_mb();
         println!(
-            "footprint, default embedded configuration (pools.embedder = 1, embedding.threads = 1):"
+            "footprint, default embedded configuration (pools.embedder = {workers}, embedding.threads = {threads}):"
         );
         println!(
             "  before the app: {base:.0} MB; app started: {started:.0} MB; after {sent} messages: {after:.0} MB; peak {peak:.0} MB"

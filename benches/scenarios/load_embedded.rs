@@ -58,6 +58,7 @@ fn message(
 /// `batching`: (max_batch, batch_wait), `None` for the defaults.
 async fn closed_loop(
     batching: Option<(usize, Duration)>,
+    embedding: Option<(usize, usize)>,
     users: usize,
     warm: Duration,
     run: Duration,
@@ -67,6 +68,13 @@ async fn closed_loop(
     let mut s = settings(dir.path(), &llm.base_url());
     s.logging.level = "warn".into();
     s.facts.extract = false;
+    if let Ok(dir) = std::env::var("WHISPER_BENCH_MODEL_DIR") {
+        s.embedding.model_dir = dir.into();
+    }
+    if let Some((workers, threads)) = embedding {
+        s.pools.embedder = workers;
+        s.embedding.threads = threads;
+    }
     if let Some((max_batch, wait)) = batching {
         s.embedding.max_batch = max_batch;
         s.embedding.batch_wait = wait;
@@ -114,7 +122,10 @@ async fn closed_loop(
 }
 
 /// `WHISPER_BENCH_USERS` (e.g. "1,100") limits the user counts; `WHISPER_BENCH_BATCH`
-/// ("max_batch,wait_us") replaces the defaults in the batched column, for tuning.
+/// ("max_batch,wait_us") replaces the defaults in the batched column, and
+/// `WHISPER_BENCH_EMBEDDING` ("workers,threads": pools.embedder, embedding.threads) the
+/// embedding threads in both, for tuning; `WHISPER_BENCH_MODEL_DIR` another embedding model
+/// (e.g. `$WHISPER_CACHE/models/all-minilm-l6-v2`, the PyPI model before bot.sh rewrites it).
 pub fn run() {
     let users: Vec<usize> = std::env::var("WHISPER_BENCH_USERS")
         .ok()
@@ -127,9 +138,17 @@ pub fn run() {
             Duration::from_micros(us.trim().parse().unwrap()),
         )
     });
+    let embedding: Option<(usize, usize)> =
+        std::env::var("WHISPER_BENCH_EMBEDDING").ok().map(|v| {
+            let (w, t) = v.split_once(',').expect("workers,threads");
+            (w.trim().parse().unwrap(), t.trim().parse().unwrap())
+        });
     run_actix(|| async move {
+        let defaults = settings(std::path::Path::new("."), "");
+        let (workers, threads) =
+            embedding.unwrap_or((defaults.pools.embedder, defaults.embedding.threads));
         println!(
-            "load-embedded: full embedded pipeline, pools.embedder = 1, embedding.threads = 1"
+            "load-embedded: full embedded pipeline, pools.embedder = {workers}, embedding.threads = {threads}"
         );
         println!(
             "| users | one sentence per inference: msg/s, p50, p99 | batched ({}): msg/s, p50, p99 |",
@@ -143,8 +162,8 @@ pub fn run() {
                 1 => (Duration::from_secs(2), Duration::from_secs(5)),
                 _ => (Duration::from_secs(3), Duration::from_secs(8)),
             };
-            let before = closed_loop(Some((1, Duration::ZERO)), users, warm, run).await;
-            let after = closed_loop(batched, users, warm, run).await;
+            let before = closed_loop(Some((1, Duration::ZERO)), embedding, users, warm, run).await;
+            let after = closed_loop(batched, embedding, users, warm, run).await;
             println!(
                 "| {users} | {:.0}/s, {:.1} ms, {:.1} ms | {:.0}/s, {:.1} ms, {:.1} ms |",
                 before.0, before.1, before.2, after.0, after.1, after.2
