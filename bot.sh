@@ -61,8 +61,9 @@ llm_model_path() { echo "$CACHE/models/$SMOLLM_FILE"; }
 # llama.cpp's own HTTP server (continuous batching, OpenAI-compatible streaming, JSON-schema
 # grammars), prebuilt: the PyPI wheel xllamacpp embeds it, compiled for AVX2/FMA/F16C with
 # OpenMP (no -march=native, so no AMX code that a VM may not let a process use). Installing it
-# takes seconds where compiling llama.cpp took ~4 minutes on 2 cores, at the same tokens per
-# second (README, Performance: first start).
+# takes seconds where compiling llama.cpp took ~4 minutes on 2 cores, for 3% fewer generated and
+# 8% fewer prompt tokens per second than a -O3 build of our own (README, Performance: first
+# start); llm.local.server can name such a build.
 XLLAMACPP_PKG="xllamacpp==2026.10.11549"
 
 # The server's launcher takes llama-server's own command line (the subset the bot passes), so
