@@ -1,5 +1,5 @@
-//! `load-embedded`: the full embedded pipeline under load. Real all-MiniLM-L6-v2 embeddings (one
-//! EmbedderActor thread, one ONNX thread: the defaults), the fast-track classifier, memory search
+//! `load-embedded`: the full embedded pipeline under load. Real all-MiniLM-L6-v2 embeddings (the
+//! configured embedding workers and ONNX threads, printed), the fast-track classifier, memory search
 //! and the facts provider over SQLite, memories written by background jobs; the instant
 //! in-process model (fact extraction off: it answers no JSON). Users in a closed loop (each
 //! user's next message when its reply arrives) at 1, 10, 100 and 1,000 users, with embeddings
