@@ -457,24 +457,25 @@ build_release() {
 }
 
 # Runs one step of the first start and says how long it took (a fresh machine downloads the
-# models and compiles the bot; a cached one skips both in seconds).
+# models and compiles the bot; a cached one skips both in seconds). The steps run side by side,
+# so the line names its step.
 timed_step() {
-  local label="$1"; shift
+  local name="$1"; shift
   local started=$SECONDS
-  log "$label"
   "$@"
-  log "  done in $((SECONDS - started)) s"
+  log "$name done in $((SECONDS - started)) s"
 }
 
 # The downloads (network-bound, seconds) and the build (CPU-bound, minutes) need nothing from
 # each other, so they run side by side: a fresh machine waits for the longer of the two only.
 cmd_run() {
-  timed_step "step 1/2: the models, ONNX Runtime and llama.cpp's server (downloads once, seconds when cached; beside step 2)" \
-    provision_run_downloads &
+  log "step 1/2: the models, ONNX Runtime and llama.cpp's server (downloads once, seconds when cached), beside"
+  log "step 2/2: building the bot (about 7 minutes the first time on 2 cores)"
+  timed_step "step 1/2" provision_run_downloads &
   local downloads=$!
   # A failed build leaves no download running behind it.
   trap 'kill "$downloads" 2>/dev/null || true' EXIT
-  timed_step "step 2/2: building the bot (about 7 minutes the first time on 2 cores)" build_release
+  timed_step "step 2/2" build_release
   wait "$downloads" || die "step 1/2 failed (see above): the bot cannot start without it"
   trap - EXIT
   cd "$ROOT"
