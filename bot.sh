@@ -466,6 +466,13 @@ timed_step() {
   log "$name done in $((SECONDS - started)) s"
 }
 
+# Stops a process and everything it started (pip under a provisioning subshell).
+kill_tree() {
+  local child
+  for child in $(pgrep -P "$1" 2>/dev/null); do kill_tree "$child"; done
+  kill "$1" 2>/dev/null || true
+}
+
 # The downloads (network-bound, seconds) and the build (CPU-bound, minutes) need nothing from
 # each other, so they run side by side: a fresh machine waits for the longer of the two only.
 cmd_run() {
@@ -473,8 +480,8 @@ cmd_run() {
   log "step 2/2: building the bot (about 7 minutes the first time on 2 cores)"
   timed_step "step 1/2" provision_run_downloads &
   local downloads=$!
-  # A failed build leaves no download running behind it.
-  trap 'kill "$downloads" 2>/dev/null || true' EXIT
+  # A failed or interrupted build leaves no download running behind it.
+  trap "kill_tree $downloads" EXIT
   timed_step "step 2/2" build_release
   wait "$downloads" || die "step 1/2 failed (see above): the bot cannot start without it"
   trap - EXIT
