@@ -12,6 +12,7 @@ use std::time::{Duration, Instant};
 use hdrhistogram::Histogram;
 use whisper_actors::sink::ChannelSink;
 use whisper_actors::{ConversationKey, Scope, UserMessage};
+use whisperengine::config::Settings;
 
 use crate::support::app::{run_actix, settings, start};
 use crate::support::openai_server::ScriptedLlm;
@@ -54,11 +55,41 @@ fn message(
     }
 }
 
+/// The embedding settings a run compares against the defaults, read once from the environment.
+struct Tuning {
+    /// `WHISPER_BENCH_EMBEDDING`: (pools.embedder, embedding.threads).
+    embedding: Option<(usize, usize)>,
+    /// `WHISPER_BENCH_MODEL_DIR`: embedding.model_dir.
+    model_dir: Option<String>,
+}
+
+impl Tuning {
+    fn from_env() -> Self {
+        Tuning {
+            embedding: std::env::var("WHISPER_BENCH_EMBEDDING").ok().map(|v| {
+                let (w, t) = v.split_once(',').expect("workers,threads");
+                (w.trim().parse().unwrap(), t.trim().parse().unwrap())
+            }),
+            model_dir: std::env::var("WHISPER_BENCH_MODEL_DIR").ok(),
+        }
+    }
+
+    fn apply(&self, s: &mut Settings) {
+        if let Some(dir) = &self.model_dir {
+            s.embedding.model_dir = dir.into();
+        }
+        if let Some((workers, threads)) = self.embedding {
+            s.pools.embedder = workers;
+            s.embedding.threads = threads;
+        }
+    }
+}
+
 /// Messages per second, p50 and p99 reply latency (ms) of `users` users for `run` after `warm`;
 /// `batching`: (max_batch, batch_wait), `None` for the defaults.
 async fn closed_loop(
     batching: Option<(usize, Duration)>,
-    embedding: Option<(usize, usize)>,
+    tuning: &Tuning,
     users: usize,
     warm: Duration,
     run: Duration,
@@ -68,13 +99,7 @@ async fn closed_loop(
     let mut s = settings(dir.path(), &llm.base_url());
     s.logging.level = "warn".into();
     s.facts.extract = false;
-    if let Ok(dir) = std::env::var("WHISPER_BENCH_MODEL_DIR") {
-        s.embedding.model_dir = dir.into();
-    }
-    if let Some((workers, threads)) = embedding {
-        s.pools.embedder = workers;
-        s.embedding.threads = threads;
-    }
+    tuning.apply(&mut s);
     if let Some((max_batch, wait)) = batching {
         s.embedding.max_batch = max_batch;
         s.embedding.batch_wait = wait;
@@ -138,17 +163,16 @@ pub fn run() {
             Duration::from_micros(us.trim().parse().unwrap()),
         )
     });
-    let embedding: Option<(usize, usize)> =
-        std::env::var("WHISPER_BENCH_EMBEDDING").ok().map(|v| {
-            let (w, t) = v.split_once(',').expect("workers,threads");
-            (w.trim().parse().unwrap(), t.trim().parse().unwrap())
-        });
+    let tuning = Tuning::from_env();
     run_actix(|| async move {
-        let defaults = settings(std::path::Path::new("."), "");
-        let (workers, threads) =
-            embedding.unwrap_or((defaults.pools.embedder, defaults.embedding.threads));
+        // What the runs use, printed from the settings they start from.
+        let mut s = settings(std::path::Path::new("."), "");
+        tuning.apply(&mut s);
         println!(
-            "load-embedded: full embedded pipeline, pools.embedder = {workers}, embedding.threads = {threads}"
+            "load-embedded: full embedded pipeline, pools.embedder = {}, embedding.threads = {}, model {}",
+            s.pools.embedder,
+            s.embedding.threads,
+            tuning.model_dir.as_deref().unwrap_or("default")
         );
         println!(
             "| users | one sentence per inference: msg/s, p50, p99 | batched ({}): msg/s, p50, p99 |",
@@ -162,8 +186,8 @@ pub fn run() {
                 1 => (Duration::from_secs(2), Duration::from_secs(5)),
                 _ => (Duration::from_secs(3), Duration::from_secs(8)),
             };
-            let before = closed_loop(Some((1, Duration::ZERO)), embedding, users, warm, run).await;
-            let after = closed_loop(batched, embedding, users, warm, run).await;
+            let before = closed_loop(Some((1, Duration::ZERO)), &tuning, users, warm, run).await;
+            let after = closed_loop(batched, &tuning, users, warm, run).await;
             println!(
                 "| {users} | {:.0}/s, {:.1} ms, {:.1} ms | {:.0}/s, {:.1} ms, {:.1} ms |",
                 before.0, before.1, before.2, after.0, after.1, after.2
